@@ -1,0 +1,58 @@
+/*
+ * HTTP/1.1 message heads and the WebSocket opening handshake (RFC 6455
+ * section 4). Parsing is zero-copy: names and values point into the buffer.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#define HTTP_MAX_HEADERS 48
+#define HTTP_MAX_HEAD    16384
+
+struct http_str {
+    const char *p;
+    size_t len;
+};
+
+struct http_header {
+    struct http_str name;
+    struct http_str value; /* surrounding whitespace trimmed */
+};
+
+struct http_head {
+    /* Requests: method and target. Responses: status and reason. */
+    struct http_str method;
+    struct http_str target;
+    int status;
+    struct http_str reason;
+    int minor_version; /* HTTP/1.x */
+    size_t n_headers;
+    struct http_header headers[HTTP_MAX_HEADERS];
+    size_t head_len; /* bytes up to and including the blank line */
+};
+
+/*
+ * Parse a request or response head at buf[0..len). Return 1 when complete
+ * (*ret filled), 0 when more bytes are needed, -1 when malformed or longer
+ * than HTTP_MAX_HEAD or with more than HTTP_MAX_HEADERS headers.
+ */
+int http_parse_request(const char *buf, size_t len, struct http_head *ret);
+int http_parse_response(const char *buf, size_t len, struct http_head *ret);
+
+/* Case-insensitive header lookup; NULL when absent. */
+const struct http_str *http_header(const struct http_head *h, const char *name);
+
+/* True when a comma-separated header value contains `token` (case-insensitive). */
+bool http_has_token(const struct http_str *value, const char *token);
+
+/* Length of a WebSocket key (base64 of 16 bytes) and of an accept value. */
+#define WS_KEY_LEN    24
+#define WS_ACCEPT_LEN 28
+
+/* A fresh random Sec-WebSocket-Key; out gets WS_KEY_LEN chars and a NUL. Returns 0 or -EIO. */
+int ws_make_key(char out[WS_KEY_LEN + 1]);
+
+/* Sec-WebSocket-Accept for a key: base64(SHA-1(key + GUID)); out gets a NUL too. Returns 0 or
+ * -EINVAL for an empty or over-long key. */
+int ws_accept(const char *key, size_t key_len, char out[WS_ACCEPT_LEN + 1]);

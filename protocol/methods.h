@@ -1,0 +1,17 @@
+/*
+ * What subpool knows about node methods: which open or close subscriptions,
+ * which write to the chain (never replayed), which are answered locally.
+ */
+#pragma once
+
+#include <stddef.h>
+
+enum method_flag {
+    METHOD_SUBSCRIBE = 1u << 0,   /* reply carries a subscription id, notifications follow */
+    METHOD_UNSUBSCRIBE = 1u << 1, /* ends a subscription */
+    METHOD_WRITE = 1u << 2,       /* changes chain state: never retried or replayed */
+    METHOD_LOCAL = 1u << 3,       /* subpool_*: answered by the daemon */
+};
+
+/* Flags for a method name (bytes without quotes). Unknown methods are plain reads: 0. */
+unsigned method_flags(const char *name, size_t len);
