@@ -22,10 +22,10 @@ void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(p
 int log_level_parse(const char *s, enum log_level *ret);
 const char *log_level_name(enum log_level level);
 
-#define log_at(level, ...)                                                                         \
-    do {                                                                                           \
-        if ((level) <= log_current_level)                                                          \
-            log_msg((level), __VA_ARGS__);                                                         \
+#define log_at(level, ...)                 \
+    do {                                   \
+        if ((level) <= log_current_level)  \
+            log_msg((level), __VA_ARGS__); \
     } while (0)
 #define log_error(...) log_at(LOG_LEVEL_ERROR, __VA_ARGS__)
 #define log_warn(...)  log_at(LOG_LEVEL_WARN, __VA_ARGS__)

@@ -53,6 +53,9 @@ bool http_has_token(const struct http_str *value, const char *token);
 /* A fresh random Sec-WebSocket-Key; out gets WS_KEY_LEN chars and a NUL. Returns 0 or -EIO. */
 int ws_make_key(char out[WS_KEY_LEN + 1]);
 
-/* Sec-WebSocket-Accept for a key: base64(SHA-1(key + GUID)); out gets a NUL too. Returns 0 or
- * -EINVAL for an empty or over-long key. */
+/* Longest key ws_accept takes; a well-formed key is WS_KEY_LEN. */
+#define WS_KEY_MAX 128
+
+/* Sec-WebSocket-Accept for a key: base64(SHA-1(key + GUID)); out gets a NUL too. Returns 0,
+ * -EINVAL for an empty or over-long key, or -EIO if libcrypto fails. */
 int ws_accept(const char *key, size_t key_len, char out[WS_ACCEPT_LEN + 1]);

@@ -72,21 +72,31 @@ bool json_to_u64(const char *buf, const struct json_span *s, uint64_t *ret);
 const char *json_strerror(int err);
 
 /*
+ * Length (1..4) of the well-formed UTF-8 sequence at p[0..n), or 0 when it is
+ * ill-formed: stray continuation byte, overlong form, UTF-16 surrogate,
+ * above U+10FFFF or cut short by n. Shared by the scanner and json_escape.
+ */
+size_t json_utf8_len(const unsigned char *p, size_t n);
+
+/*
  * Incremental skimmer: fed a message in arbitrary chunks, it tracks just
  * enough state to report the top-level "id" when it is an unsigned integer.
  * Used for messages too large to keep, so their request can still be failed.
  * It does not validate.
  */
 struct json_skim {
-    uint32_t depth;
-    uint8_t state;
-    bool escape;
-    bool key_is_id;
-    bool have_id;
-    uint8_t key_len;
-    char key[4];
-    uint64_t id;
-    uint8_t id_digits;
+    /* Private: the caller only allocates it and calls json_skim_*. */
+    uint64_t id;       /* value of the "id" digits read so far */
+    uint32_t depth;    /* open brackets */
+    uint8_t state;     /* where in the top-level object we are */
+    uint8_t key_len;   /* bytes of the current top-level key; 0xff: cannot be "id" */
+    uint8_t id_digits; /* digits of the id read so far */
+    bool in_string;    /* inside a string in a value */
+    bool escape;       /* the previous string byte was a backslash */
+    bool key_is_id;    /* the key just read was exactly "id" */
+    bool id_bad;       /* the id digits overflow or have a leading zero */
+    bool have_id;      /* a complete integer id was seen at depth 1 */
+    char key[2];
 };
 
 void json_skim_init(struct json_skim *sk);

@@ -17,7 +17,8 @@
 /* subpool's own block, -32050..-32099. Documented in the README. */
 #define SUBPOOL_ERR_UNAVAILABLE   -32050 /* no upstream became ready in time / queue full */
 #define SUBPOOL_ERR_TIMEOUT       -32051 /* the request timed out */
-#define SUBPOOL_ERR_UNKNOWN_WRITE -32052 /* upstream lost with a write in flight: outcome unknown */
+#define SUBPOOL_ERR_UNKNOWN_WRITE -32052 /* upstream lost with a write in flight: outcome unknown \
+                                          */
 #define SUBPOOL_ERR_LIMIT         -32053 /* a size or count limit was exceeded */
 #define SUBPOOL_ERR_REFUSED       -32054 /* the method is refused by subpool */
 #define SUBPOOL_ERR_SHUTDOWN      -32055 /* the daemon is shutting down */
@@ -50,7 +51,11 @@ struct jsonrpc_msg {
  * is an object/array/boolean, a non-string method, params that are neither
  * array nor object, both or neither of result and error in a response.
  * On an invalid message *ret still holds whatever id was found, so the
- * error reply can echo it. The span offsets are relative to buf.
+ * error reply can echo it (an id of a forbidden type is left JSON_NONE: reply
+ * with null). On JSONRPC_PARSE_ERROR *ret is untouched. Envelope keys are
+ * matched as raw bytes: "\u0069d" is not "id". A message with "method" must
+ * not have "result" or "error"; one without must not have "params".
+ * The span offsets are relative to buf.
  */
 int jsonrpc_scan(const char *buf, size_t len, struct jsonrpc_msg *ret);
 
@@ -66,12 +71,17 @@ size_t jsonrpc_format_u64(char out[21], uint64_t v);
 /*
  * Write `{"jsonrpc":"2.0","error":{"code":C,"message":"M"},"id":` into out
  * (message JSON-escaped, truncated to fit). The caller appends the id bytes
- * (or `null`) and `}`. Returns the length written; out needs `cap` >= 64.
+ * (or `null`) and `}`. Returns the length written (a NUL follows it); out
+ * needs `cap` >= 64, and 0 is returned when cap cannot hold the fixed part.
  */
 size_t jsonrpc_error_head(char *out, size_t cap, int code, const char *message);
 
 /* A whole error object with a null id, for errors that have no request. */
 size_t jsonrpc_error_null(char *out, size_t cap, int code, const char *message);
 
-/* Copy `s` into out as a JSON string literal with quotes; returns length, truncates to fit. */
+/*
+ * Copy `s` into out as a JSON string literal with quotes; returns length, truncates to fit
+ * (never inside an escape or a UTF-8 character) and NUL-terminates. Ill-formed UTF-8 bytes
+ * become \ufffd so the output is always valid JSON. Returns 0 when cap < 3.
+ */
 size_t json_escape(char *out, size_t cap, const char *s, size_t len);

@@ -12,12 +12,14 @@ enum ndjson_result {
     NDJSON_NEED_MORE = 0, /* no complete line yet; *ret_consumed bytes may be dropped */
     NDJSON_LINE = 1,      /* a line of *ret_line_len bytes at buf[0]; consume *ret_consumed */
     NDJSON_TOO_LONG = 2,  /* the line at buf[0] exceeds max: consume *ret_consumed and discard
-                             until the end of the line (see ndjson_skip) */
+                             until the end of the line (see ndjson_skip). *ret_consumed never
+                             includes the newline, so ndjson_skip always follows. */
 };
 
 /*
  * Look for the next line in buf[0..len). `max` is the longest line accepted
- * (without the newline).
+ * (without the newline and a "\r" before it). Both out-params are always set;
+ * *ret_line_len is 0 unless NDJSON_LINE.
  */
 enum ndjson_result ndjson_next(const char *buf, size_t len, size_t max, size_t *ret_line_len,
                                size_t *ret_consumed);

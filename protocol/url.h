@@ -2,16 +2,17 @@
 #pragma once
 
 #include <stdbool.h>
+#include <stddef.h>
 
 #define URL_HOST_MAX 256
 #define URL_PATH_MAX 1024
 
 struct url {
-    bool tls;                 /* wss:// */
-    char host[URL_HOST_MAX];  /* without brackets */
-    bool ipv6_literal;        /* was written as [addr] */
-    unsigned short port;      /* defaults to 80 / 443 */
-    char path[URL_PATH_MAX];  /* "/" when absent; includes any query */
+    bool tls;                /* wss:// */
+    char host[URL_HOST_MAX]; /* without brackets */
+    bool ipv6_literal;       /* was written as [addr] */
+    unsigned short port;     /* defaults to 80 / 443 */
+    char path[URL_PATH_MAX]; /* "/" when absent; includes any query */
 };
 
 /* Returns 0 or -EINVAL with *ret untouched; *ret_cause (may be NULL) names the problem. */

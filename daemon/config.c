@@ -1,0 +1,385 @@
+/*
+ * The configuration table and everything driven by it: defaults, the INI
+ * reader (via inih, counting lines so every error names FILE:LINE), "-o
+ * key=value" overrides and the --help-config listing.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <ini.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "url.h"
+
+enum config_type {
+    CONFIG_STRING,
+    CONFIG_UPSTREAM, /* repeatable: each occurrence adds one endpoint */
+    CONFIG_UINT,
+    CONFIG_SIZE,     /* bytes, with optional K, M or G (powers of 1024) */
+    CONFIG_DURATION, /* stored in ms; "250ms", "30s", "5m", bare numbers are seconds */
+    CONFIG_MODE,     /* octal file mode */
+    CONFIG_LOGLEVEL,
+};
+
+struct config_key {
+    const char *name;
+    enum config_type type;
+    size_t offset;
+    uint64_t min, max; /* for numbers, in stored units */
+    const char *def;
+    const char *help;
+};
+
+#define OFF(f) offsetof(struct config, f)
+
+static const struct config_key config_keys[] = {
+    {"socket", CONFIG_STRING, OFF(socket_path), 0, 0, "/run/subpoold/subpoold.sock",
+     "path of the local Unix socket clients connect to"},
+    {"socket_mode", CONFIG_MODE, OFF(socket_mode), 0, 0777, "0660",
+     "permissions of the socket file"},
+    {"upstream", CONFIG_UPSTREAM, OFF(upstreams), 0, 0, "ws://127.0.0.1:9944",
+     "node endpoint URL; repeat the key for several endpoints"},
+    {"pool_size", CONFIG_UINT, OFF(pool_size), 1, 64, "2",
+     "websockets kept open to the nodes, spread over the endpoints"},
+    {"max_in_flight", CONFIG_UINT, OFF(max_in_flight), 1, 65536, "256",
+     "requests outstanding on one upstream; more wait in the queue"},
+    {"queue_max", CONFIG_UINT, OFF(queue_max), 0, 1000000, "10000",
+     "requests waiting for an upstream before new ones are refused"},
+    {"request_timeout", CONFIG_DURATION, OFF(request_timeout_ms), 100, 3600000, "60s",
+     "a request not answered within this gets an error"},
+    {"max_message", CONFIG_SIZE, OFF(max_message), 1024, (uint64_t)1 << 32, "64M",
+     "largest message accepted from a node; larger replies become an error"},
+    {"max_request", CONFIG_SIZE, OFF(max_request), 1024, (uint64_t)1 << 32, "16M",
+     "largest request line accepted from a client"},
+    {"max_batch", CONFIG_UINT, OFF(max_batch), 1, 100000, "1000",
+     "most calls in one batch request"},
+    {"max_clients", CONFIG_UINT, OFF(max_clients), 1, 1000000, "16384",
+     "local connections accepted at once"},
+    {"client_max_in_flight", CONFIG_UINT, OFF(client_max_in_flight), 1, 1000000, "1024",
+     "outstanding requests per client before its socket is no longer read"},
+    {"client_max_output", CONFIG_SIZE, OFF(client_max_output), 65536, (uint64_t)1 << 36, "256M",
+     "unread reply bytes a client may hold before it is disconnected"},
+    {"connect_timeout", CONFIG_DURATION, OFF(connect_timeout_ms), 100, 600000, "10s",
+     "bound on name resolution, TCP connect and websocket upgrade"},
+    {"ping_interval", CONFIG_DURATION, OFF(ping_interval_ms), 0, 3600000, "30s",
+     "ping an upstream after this much silence; 0 disables"},
+    {"pong_timeout", CONFIG_DURATION, OFF(pong_timeout_ms), 100, 600000, "10s",
+     "an upstream silent this long after a ping is replaced"},
+    {"reconnect_min", CONFIG_DURATION, OFF(backoff_min_ms), 10, 600000, "250ms",
+     "first delay before reconnecting a lost upstream"},
+    {"reconnect_max", CONFIG_DURATION, OFF(backoff_max_ms), 10, 3600000, "30s",
+     "cap of the doubling reconnect delay (jittered)"},
+    {"shutdown_timeout", CONFIG_DURATION, OFF(shutdown_timeout_ms), 0, 600000, "10s",
+     "on SIGTERM, how long in-flight requests may take to finish"},
+    {"log_level", CONFIG_LOGLEVEL, OFF(log_level), 0, 0, "info", "error, warn, info or debug"},
+};
+
+#define N_KEYS (sizeof(config_keys) / sizeof(config_keys[0]))
+
+static const struct config_key *config_find(const char *name)
+{
+    for (size_t i = 0; i < N_KEYS; i++)
+        if (strcmp(config_keys[i].name, name) == 0)
+            return &config_keys[i];
+    return NULL;
+}
+
+/* Parse a whole decimal number followed by an optional unit; *ret_unit points at the unit. */
+static int parse_number(const char *s, uint64_t *ret, const char **ret_unit)
+{
+    uint64_t v = 0;
+    const char *p = s;
+
+    if (*p < '0' || *p > '9')
+        return -EINVAL;
+    for (; *p >= '0' && *p <= '9'; p++) {
+        if (v > (UINT64_MAX - 9) / 10)
+            return -ERANGE;
+        v = v * 10 + (uint64_t)(*p - '0');
+    }
+    *ret = v;
+    *ret_unit = p;
+    return 0;
+}
+
+static int scale(uint64_t v, uint64_t mul, uint64_t *ret)
+{
+    if (mul && v > UINT64_MAX / mul)
+        return -ERANGE;
+    *ret = v * mul;
+    return 0;
+}
+
+static int parse_size(const char *s, uint64_t *ret)
+{
+    uint64_t v;
+    const char *unit;
+    int r = parse_number(s, &v, &unit);
+    if (r < 0)
+        return r;
+    if (*unit == '\0')
+        return scale(v, 1, ret);
+    if (unit[1] != '\0' && strcmp(unit + 1, "iB") != 0 && strcmp(unit + 1, "B") != 0)
+        return -EINVAL;
+    switch (*unit) {
+    case 'K':
+    case 'k':
+        return scale(v, 1024, ret);
+    case 'M':
+        return scale(v, 1024 * 1024, ret);
+    case 'G':
+        return scale(v, 1024 * 1024 * 1024, ret);
+    default:
+        return -EINVAL;
+    }
+}
+
+static int parse_duration(const char *s, uint64_t *ret)
+{
+    uint64_t v;
+    const char *unit;
+    int r = parse_number(s, &v, &unit);
+    if (r < 0)
+        return r;
+    if (*unit == '\0' || strcmp(unit, "s") == 0)
+        return scale(v, 1000, ret);
+    if (strcmp(unit, "ms") == 0)
+        return scale(v, 1, ret);
+    if (strcmp(unit, "m") == 0 || strcmp(unit, "min") == 0)
+        return scale(v, 60000, ret);
+    if (strcmp(unit, "h") == 0)
+        return scale(v, 3600000, ret);
+    return -EINVAL;
+}
+
+struct config *config_new(void)
+{
+    struct config *cfg = calloc(1, sizeof(*cfg));
+    char err[256];
+
+    if (!cfg)
+        return NULL;
+    for (size_t i = 0; i < N_KEYS; i++) {
+        if (config_set(cfg, config_keys[i].name, config_keys[i].def, err, sizeof(err)) < 0) {
+            /* A default that does not parse is a bug in the table. */
+            fprintf(stderr, "subpoold: bad built-in default: %s\n", err);
+            abort();
+        }
+    }
+    /* The first upstream set by a file or option replaces the default list. */
+    cfg->upstreams_default = true;
+    return cfg;
+}
+
+struct config *config_free(struct config *cfg)
+{
+    if (!cfg)
+        return NULL;
+    free(cfg->socket_path);
+    for (unsigned i = 0; i < cfg->n_upstreams; i++)
+        free(cfg->upstreams[i]);
+    free(cfg);
+    return NULL;
+}
+
+static int set_upstream(struct config *cfg, const char *value, char *err, size_t errlen)
+{
+    struct url u;
+    const char *cause = NULL;
+    char *copy;
+
+    if (url_parse(value, &u, &cause) < 0) {
+        snprintf(err, errlen, "upstream: invalid URL \"%s\": %s", value, cause ? cause : "");
+        return -1;
+    }
+    if (u.tls) {
+        snprintf(err, errlen, "upstream: \"%s\": wss:// is not supported by this build yet", value);
+        return -1;
+    }
+    if (cfg->upstreams_default) {
+        for (unsigned i = 0; i < cfg->n_upstreams; i++)
+            free(cfg->upstreams[i]);
+        cfg->n_upstreams = 0;
+        cfg->upstreams_default = false;
+    }
+    if (cfg->n_upstreams == CONFIG_MAX_UPSTREAMS) {
+        snprintf(err, errlen, "upstream: at most %d endpoints", CONFIG_MAX_UPSTREAMS);
+        return -1;
+    }
+    copy = strdup(value);
+    if (!copy) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    cfg->upstreams[cfg->n_upstreams++] = copy;
+    return 0;
+}
+
+int config_set(struct config *cfg, const char *key, const char *value, char *err, size_t errlen)
+{
+    const struct config_key *k = config_find(key);
+    void *field;
+    uint64_t v = 0;
+    int r = 0;
+
+    if (!k) {
+        snprintf(err, errlen, "unknown key \"%s\"", key);
+        return -1;
+    }
+    field = (char *)cfg + k->offset;
+    switch (k->type) {
+    case CONFIG_STRING: {
+        char *copy;
+        if (*value == '\0') {
+            snprintf(err, errlen, "%s: must not be empty", key);
+            return -1;
+        }
+        copy = strdup(value);
+        if (!copy) {
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        }
+        free(*(char **)field);
+        *(char **)field = copy;
+        return 0;
+    }
+    case CONFIG_UPSTREAM:
+        return set_upstream(cfg, value, err, errlen);
+    case CONFIG_LOGLEVEL:
+        if (log_level_parse(value, field) < 0) {
+            snprintf(err, errlen, "%s: \"%s\" is not one of error, warn, info, debug", key, value);
+            return -1;
+        }
+        return 0;
+    case CONFIG_MODE: {
+        char *end;
+        errno = 0;
+        unsigned long m = strtoul(value, &end, 8);
+        if (errno || end == value || *end || m > k->max) {
+            snprintf(err, errlen, "%s: \"%s\" is not an octal mode like 0660", key, value);
+            return -1;
+        }
+        *(unsigned *)field = (unsigned)m;
+        return 0;
+    }
+    case CONFIG_UINT: {
+        const char *unit;
+        r = parse_number(value, &v, &unit);
+        if (r == 0 && *unit)
+            r = -EINVAL;
+        break;
+    }
+    case CONFIG_SIZE:
+        r = parse_size(value, &v);
+        break;
+    case CONFIG_DURATION:
+        r = parse_duration(value, &v);
+        break;
+    }
+    if (r < 0 || v < k->min || v > k->max) {
+        const char *what = k->type == CONFIG_SIZE       ? " (bytes, K, M or G)"
+                           : k->type == CONFIG_DURATION ? " (ms, s, m or h; bare = seconds)"
+                                                        : "";
+        snprintf(err, errlen, "%s: \"%s\" is not a number in %llu..%llu%s", key, value,
+                 (unsigned long long)k->min, (unsigned long long)k->max, what);
+        return -1;
+    }
+    if (k->type == CONFIG_SIZE)
+        *(uint64_t *)field = v;
+    else
+        *(unsigned *)field = (unsigned)v;
+    return 0;
+}
+
+struct file_reader {
+    FILE *f;
+    struct config *cfg;
+    unsigned line;
+    unsigned err_line; /* first failing line; 0 while none */
+    char msg[256];
+};
+
+/* inih reads through this so the handler always knows the current line number. */
+static char *reader_gets(char *str, int num, void *stream)
+{
+    struct file_reader *fr = stream;
+    char *r = fgets(str, num, fr->f);
+    if (r)
+        fr->line++;
+    return r;
+}
+
+static int reader_handler(void *user, const char *section, const char *name, const char *value)
+{
+    struct file_reader *fr = user;
+    char err[256];
+
+    if (fr->err_line)
+        return 1; /* report the first error only */
+    if (*section && strcmp(section, "subpoold") != 0) {
+        fr->err_line = fr->line;
+        snprintf(fr->msg, sizeof(fr->msg), "unknown section [%s] (keys go in [subpoold])", section);
+        return 0;
+    }
+    if (config_set(fr->cfg, name, value, err, sizeof(err)) < 0) {
+        fr->err_line = fr->line;
+        snprintf(fr->msg, sizeof(fr->msg), "%s", err);
+        return 0;
+    }
+    return 1;
+}
+
+int config_load_file(struct config *cfg, const char *path, char *err, size_t errlen)
+{
+    struct file_reader fr = {.cfg = cfg};
+    int r;
+
+    fr.f = fopen(path, "re");
+    if (!fr.f) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    r = ini_parse_stream(reader_gets, &fr, reader_handler, &fr);
+    fclose(fr.f);
+    if (fr.err_line) {
+        snprintf(err, errlen, "%s:%u: %s", path, fr.err_line, fr.msg);
+        return -1;
+    }
+    if (r != 0) {
+        /* inih's own syntax errors (no '=', unterminated section) carry the line. */
+        snprintf(err, errlen, "%s:%d: syntax error (expected key = value or [section])", path, r);
+        return -1;
+    }
+    return 0;
+}
+
+int config_validate(const struct config *cfg, char *err, size_t errlen)
+{
+    if (cfg->n_upstreams == 0) {
+        snprintf(err, errlen, "upstream: at least one endpoint is needed");
+        return -1;
+    }
+    if (cfg->backoff_min_ms > cfg->backoff_max_ms) {
+        snprintf(err, errlen, "reconnect_min (%ums) is above reconnect_max (%ums)",
+                 cfg->backoff_min_ms, cfg->backoff_max_ms);
+        return -1;
+    }
+    if (strlen(cfg->socket_path) >= 108) {
+        snprintf(err, errlen, "socket: path longer than a Unix socket allows (107 bytes)");
+        return -1;
+    }
+    return 0;
+}
+
+void config_print_keys(FILE *out)
+{
+    for (size_t i = 0; i < N_KEYS; i++) {
+        const struct config_key *k = &config_keys[i];
+        fprintf(out, "  %-22s default %s", k->name, k->def);
+        if (k->type == CONFIG_UINT)
+            fprintf(out, " (%llu..%llu)", (unsigned long long)k->min, (unsigned long long)k->max);
+        fprintf(out, "\n  %-22s %s\n", "", k->help);
+    }
+}

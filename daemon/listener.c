@@ -1,0 +1,201 @@
+/*
+ * The local Unix socket: created with the configured mode, replacing a stale
+ * file but never a live daemon's socket. Accepted connections become
+ * sessions. When the process runs out of descriptors, accepting pauses for
+ * a moment instead of spinning on the error.
+ */
+#include <errno.h>
+#include <event2/listener.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "server.h"
+
+struct listener {
+    struct server *srv;
+    struct evconnlistener *evl;
+    struct event *resume; /* re-enables accept after EMFILE */
+    char *path;
+    dev_t dev; /* to unlink only our own file at exit */
+    ino_t ino;
+};
+
+/* A refusal line for a client over max_clients, best effort: the socket is new and empty. */
+static void refuse(int fd)
+{
+    char line[160];
+    size_t n = jsonrpc_error_null(line, sizeof(line) - 1, SUBPOOL_ERR_LIMIT,
+                                  "too many clients (max_clients reached)");
+    line[n++] = '\n';
+    (void)!write(fd, line, n);
+    close(fd);
+}
+
+static void accept_cb(struct evconnlistener *evl, evutil_socket_t fd, struct sockaddr *sa,
+                      int socklen, void *arg)
+{
+    struct listener *l = arg;
+    struct server *srv = l->srv;
+    (void)evl;
+    (void)sa;
+    (void)socklen;
+
+    srv->stats.accepted++;
+    if (srv->n_sessions >= srv->cfg->max_clients) {
+        log_warn("listener: refused a client: max_clients (%u) reached", srv->cfg->max_clients);
+        refuse(fd);
+        return;
+    }
+    if (!session_new(srv, fd)) {
+        log_error("listener: out of memory for a new session");
+        close(fd);
+    }
+}
+
+static void resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct listener *l = arg;
+    (void)fd;
+    (void)what;
+    evconnlistener_enable(l->evl);
+}
+
+static void error_cb(struct evconnlistener *evl, void *arg)
+{
+    struct listener *l = arg;
+    int err = EVUTIL_SOCKET_ERROR();
+    struct timeval tv = {1, 0};
+
+    log_error("listener: accept failed: %s; pausing accept for 1 s", strerror(err));
+    evconnlistener_disable(evl);
+    evtimer_add(l->resume, &tv);
+}
+
+/* A socket file answering connect() belongs to a live daemon; one refusing it is stale. */
+static int check_stale(const char *path, char *err, size_t errlen)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    struct stat st;
+    int fd, r;
+
+    if (lstat(path, &st) < 0)
+        return errno == ENOENT ? 0 : (snprintf(err, errlen, "%s: %s", path, strerror(errno)), -1);
+    if (!S_ISSOCK(st.st_mode)) {
+        snprintf(err, errlen, "%s exists and is not a socket; refusing to replace it", path);
+        return -1;
+    }
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, errlen, "socket: %s", strerror(errno));
+        return -1;
+    }
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    r = connect(fd, (struct sockaddr *)&sa, sizeof(sa));
+    close(fd);
+    if (r == 0) {
+        snprintf(err, errlen, "%s: another subpoold is listening there", path);
+        return -1;
+    }
+    if (errno != ECONNREFUSED) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    log_info("listener: replacing stale socket %s", path);
+    if (unlink(path) < 0 && errno != ENOENT) {
+        snprintf(err, errlen, "%s: cannot remove stale socket: %s", path, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+struct listener *listener_new(struct server *srv, const char *path, unsigned mode, char *err,
+                              size_t errlen)
+{
+    struct listener *l = calloc(1, sizeof(*l));
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    struct stat st;
+    mode_t old_mask;
+    int fd = -1;
+
+    if (!l || !(l->path = strdup(path))) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    l->srv = srv;
+    if (strlen(path) >= sizeof(sa.sun_path)) {
+        snprintf(err, errlen, "%s: path too long for a Unix socket", path);
+        goto fail;
+    }
+    if (check_stale(path, err, errlen) < 0)
+        goto fail;
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, errlen, "socket: %s", strerror(errno));
+        goto fail;
+    }
+    /* Create the file with the final mode so there is no window with wider permissions. */
+    old_mask = umask(~mode & 0777);
+    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        umask(old_mask);
+        snprintf(err, errlen, "%s: bind: %s", path, strerror(errno));
+        goto fail;
+    }
+    umask(old_mask);
+    if (chmod(path, mode) < 0 || stat(path, &st) < 0) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        goto fail_unlink;
+    }
+    l->dev = st.st_dev;
+    l->ino = st.st_ino;
+    l->evl = evconnlistener_new(srv->base, accept_cb, l,
+                                LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, 1024, fd);
+    if (!l->evl) {
+        snprintf(err, errlen, "%s: listen: %s", path, strerror(errno));
+        goto fail_unlink;
+    }
+    fd = -1;
+    evconnlistener_set_error_cb(l->evl, error_cb);
+    l->resume = evtimer_new(srv->base, resume_cb, l);
+    if (!l->resume) {
+        snprintf(err, errlen, "out of memory");
+        goto fail_unlink;
+    }
+    log_info("listener: accepting clients on %s (mode %04o)", path, mode);
+    return l;
+fail_unlink:
+    unlink(path);
+fail:
+    if (fd >= 0)
+        close(fd);
+    if (l) {
+        if (l->evl)
+            evconnlistener_free(l->evl);
+        free(l->path);
+        free(l);
+    }
+    return NULL;
+}
+
+struct listener *listener_free(struct listener *l)
+{
+    struct stat st;
+
+    if (!l)
+        return NULL;
+    evconnlistener_free(l->evl);
+    if (l->resume)
+        event_free(l->resume);
+    /* Remove the file only if it is still ours (a new daemon may have replaced it). */
+    if (stat(l->path, &st) == 0 && st.st_dev == l->dev && st.st_ino == l->ino)
+        unlink(l->path);
+    free(l->path);
+    free(l);
+    return NULL;
+}

@@ -1,0 +1,401 @@
+/*
+ * The router gives every forwarded request a fresh integer id, remembers
+ * who asked, and sends the node's reply back with the client's own id
+ * spliced in byte for byte. It owns timeouts, the wait queue in front of
+ * the pool, and what happens to requests when an upstream is lost: reads
+ * are retried once elsewhere, writes are never replayed.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "methods.h"
+#include "server.h"
+#include "upstream.h"
+
+#define TABLE_MIN 1024
+
+static size_t slot_of(const struct router *rt, uint64_t uid)
+{
+    /* uids are sequential, so the low bits already spread evenly. */
+    return (size_t)(uid & (rt->table_size - 1));
+}
+
+static int table_grow(struct router *rt)
+{
+    size_t n = rt->table_size * 2;
+    struct request **t = calloc(n, sizeof(*t));
+
+    if (!t)
+        return -ENOMEM;
+    for (size_t i = 0; i < rt->table_size; i++) {
+        struct request *r = rt->table[i], *next;
+        for (; r; r = next) {
+            next = r->hnext;
+            r->hnext = t[r->uid & (n - 1)];
+            t[r->uid & (n - 1)] = r;
+        }
+    }
+    free(rt->table);
+    rt->table = t;
+    rt->table_size = n;
+    return 0;
+}
+
+static void table_insert(struct router *rt, struct request *r)
+{
+    size_t i;
+
+    if (rt->n_live >= rt->table_size)
+        (void)table_grow(rt); /* on failure the chains just get longer */
+    i = slot_of(rt, r->uid);
+    r->hnext = rt->table[i];
+    rt->table[i] = r;
+    rt->n_live++;
+}
+
+static struct request *table_find(struct router *rt, uint64_t uid)
+{
+    struct request *r = rt->table[slot_of(rt, uid)];
+    while (r && r->uid != uid)
+        r = r->hnext;
+    return r;
+}
+
+static void table_remove(struct router *rt, struct request *r)
+{
+    struct request **pp = &rt->table[slot_of(rt, r->uid)];
+    while (*pp && *pp != r)
+        pp = &(*pp)->hnext;
+    if (*pp) {
+        *pp = r->hnext;
+        rt->n_live--;
+    }
+    r->hnext = NULL;
+}
+
+static void request_free(struct request *r)
+{
+    if (!r)
+        return;
+    evtimer_del(&r->timer);
+    free(r->orig_id);
+    free(r->wire);
+    free(r);
+}
+
+/* Take r out of whatever it sits on (the queue or an upstream) and out of its session. */
+static void request_unlink(struct router *rt, struct request *r)
+{
+    if (r->member) {
+        TAILQ_REMOVE(&r->member->sent, r, q_link);
+        r->member->in_flight--;
+        table_remove(rt, r);
+        r->member = NULL;
+    } else if (r->queued) {
+        TAILQ_REMOVE(&rt->queue, r, q_link);
+        rt->n_queued--;
+        r->queued = false;
+    }
+    if (r->session)
+        session_request_removed(r->session, r);
+}
+
+/* Answer r with an error of subpool's own and free it. */
+static void request_fail(struct router *rt, struct request *r, int code, const char *message)
+{
+    struct session *s = r->session;
+    struct batch *b = r->batch;
+
+    request_unlink(rt, r);
+    if (s) {
+        rt->srv->stats.errors++;
+        session_error(s, b, r->orig_id, r->orig_id_len, code, message);
+    }
+    request_free(r);
+}
+
+static void request_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct request *r = arg;
+    struct router *rt = r->rt;
+    char msg[160];
+    unsigned ms = rt->srv->cfg->request_timeout_ms;
+
+    if (!r->member) {
+        snprintf(msg, sizeof(msg), "no upstream available within %u ms", ms);
+        request_fail(rt, r, SUBPOOL_ERR_UNAVAILABLE, msg);
+    } else {
+        log_info("upstream %u: request %llu timed out after %u ms", r->member->index,
+                 (unsigned long long)r->uid, ms);
+        snprintf(msg, sizeof(msg), "request timed out after %u ms%s", ms,
+                 (r->flags & METHOD_WRITE) ? "; the outcome is unknown" : "");
+        request_fail(rt, r, SUBPOOL_ERR_TIMEOUT, msg);
+        /* The node may still answer; that reply finds no entry and is dropped. A slot freed. */
+        router_dispatch(rt);
+    }
+    server_maybe_finish(rt->srv);
+}
+
+struct router *router_new(struct server *srv)
+{
+    struct router *rt = calloc(1, sizeof(*rt));
+    struct timeval tv;
+
+    if (!rt)
+        return NULL;
+    rt->srv = srv;
+    rt->table_size = TABLE_MIN;
+    rt->table = calloc(rt->table_size, sizeof(*rt->table));
+    if (!rt->table) {
+        free(rt);
+        return NULL;
+    }
+    TAILQ_INIT(&rt->queue);
+    rt->next_uid = 1;
+    tv.tv_sec = srv->cfg->request_timeout_ms / 1000;
+    tv.tv_usec = (srv->cfg->request_timeout_ms % 1000) * 1000;
+    /* Every request shares one duration: a common timeout keeps them in a list, not a heap. */
+    rt->timeout_tv = event_base_init_common_timeout(srv->base, &tv);
+    return rt;
+}
+
+struct router *router_free(struct router *rt)
+{
+    struct request *r;
+
+    if (!rt)
+        return NULL;
+    while ((r = TAILQ_FIRST(&rt->queue))) {
+        request_unlink(rt, r);
+        request_free(r);
+    }
+    for (size_t i = 0; i < rt->table_size; i++) {
+        while ((r = rt->table[i])) {
+            request_unlink(rt, r);
+            request_free(r);
+        }
+    }
+    free(rt->table);
+    free(rt);
+    return NULL;
+}
+
+/* Put r on an upstream; false when none can take it. */
+static bool request_send(struct router *rt, struct request *r)
+{
+    struct pool_member *m = pool_pick(rt->srv->pool);
+
+    if (!m)
+        return false;
+    if (upstream_send(m->u, r->wire, r->wire_len) < 0)
+        return false;
+    r->member = m;
+    m->in_flight++;
+    m->requests++;
+    TAILQ_INSERT_TAIL(&m->sent, r, q_link);
+    table_insert(rt, r);
+    return true;
+}
+
+static void queue_push(struct router *rt, struct request *r, bool front)
+{
+    if (front)
+        TAILQ_INSERT_HEAD(&rt->queue, r, q_link);
+    else
+        TAILQ_INSERT_TAIL(&rt->queue, r, q_link);
+    r->queued = true;
+    rt->n_queued++;
+}
+
+void router_dispatch(struct router *rt)
+{
+    struct request *r;
+
+    while ((r = TAILQ_FIRST(&rt->queue))) {
+        TAILQ_REMOVE(&rt->queue, r, q_link);
+        r->queued = false;
+        rt->n_queued--;
+        if (!request_send(rt, r)) {
+            queue_push(rt, r, true);
+            return;
+        }
+    }
+}
+
+void router_submit(struct router *rt, struct session *s, struct batch *b, const char *buf,
+                   const struct jsonrpc_msg *msg, unsigned flags)
+{
+    struct request *r;
+    char uid[21];
+    size_t uid_len, head, tail;
+    const struct json_span *w = &msg->whole, *id = &msg->id;
+
+    r = calloc(1, sizeof(*r));
+    if (!r)
+        goto fail;
+    r->rt = rt;
+    r->uid = rt->next_uid++;
+    r->flags = flags;
+    r->orig_id_len = id->len;
+    r->orig_id = malloc(id->len);
+    uid_len = jsonrpc_format_u64(uid, r->uid);
+    head = id->off - w->off;
+    tail = w->off + w->len - (id->off + id->len);
+    r->wire_len = head + uid_len + tail;
+    r->wire = malloc(r->wire_len);
+    if (!r->orig_id || !r->wire)
+        goto fail;
+    memcpy(r->orig_id, buf + id->off, id->len);
+    memcpy(r->wire, buf + w->off, head);
+    memcpy(r->wire + head, uid, uid_len);
+    memcpy(r->wire + head + uid_len, buf + id->off + id->len, tail);
+
+    r->session = s;
+    r->batch = b;
+    session_request_added(s, r);
+    evtimer_assign(&r->timer, rt->srv->base, request_timeout_cb, r);
+    evtimer_add(&r->timer, rt->timeout_tv);
+
+    if (TAILQ_EMPTY(&rt->queue) && request_send(rt, r))
+        return;
+    if (rt->n_queued >= rt->srv->cfg->queue_max) {
+        char m[96];
+        snprintf(m, sizeof(m), "request queue full (%u waiting for an upstream)",
+                 rt->srv->cfg->queue_max);
+        request_fail(rt, r, SUBPOOL_ERR_UNAVAILABLE, m);
+        return;
+    }
+    queue_push(rt, r, false);
+    return;
+fail:
+    request_free(r);
+    rt->srv->stats.errors++;
+    session_error(s, b, buf + id->off, id->len, JSONRPC_INTERNAL_ERROR, "out of memory");
+}
+
+void router_forget(struct router *rt, struct request *r)
+{
+    if (r->queued || !r->member) {
+        request_unlink(rt, r);
+        request_free(r);
+        return;
+    }
+    /* Sent: keep the entry so the reply is recognised and dropped, and the slot counted. */
+    session_request_removed(r->session, r);
+    r->session = NULL;
+    r->batch = NULL;
+}
+
+void router_on_message(struct router *rt, struct pool_member *m, const char *msg, size_t len)
+{
+    struct jsonrpc_msg jm;
+    struct request *r;
+    uint64_t uid;
+    int err = jsonrpc_scan(msg, len, &jm);
+
+    if (err < 0) {
+        log_warn("upstream %u: dropped a message that is not JSON-RPC (%zu bytes, %s)", m->index,
+                 len, err == JSONRPC_PARSE_ERROR ? "not JSON" : "invalid envelope");
+        return;
+    }
+    if (jm.kind != JSONRPC_KIND_RESPONSE) {
+        log_debug("upstream %u: dropped a notification (%zu bytes)", m->index, len);
+        return;
+    }
+    if (jm.id.type != JSON_NUMBER || !json_to_u64(msg, &jm.id, &uid) ||
+        !(r = table_find(rt, uid)) || r->member != m) {
+        log_debug("upstream %u: reply for an unknown or expired id", m->index);
+        return;
+    }
+    if (r->session) {
+        struct iovec parts[3] = {
+            {(void *)(msg + jm.whole.off), jm.id.off - jm.whole.off},
+            {r->orig_id, r->orig_id_len},
+            {(void *)(msg + jm.id.off + jm.id.len),
+             jm.whole.off + jm.whole.len - (jm.id.off + jm.id.len)},
+        };
+        struct session *s = r->session;
+        struct batch *b = r->batch;
+        request_unlink(rt, r);
+        rt->srv->stats.responses++;
+        session_deliver(s, b, parts, 3);
+    } else {
+        request_unlink(rt, r);
+    }
+    request_free(r);
+    router_dispatch(rt);
+    server_maybe_finish(rt->srv);
+}
+
+void router_on_oversize(struct router *rt, struct pool_member *m, bool have_id, uint64_t id,
+                        uint64_t len)
+{
+    struct request *r;
+    char msg[160];
+
+    if (!have_id || !(r = table_find(rt, id)) || r->member != m) {
+        log_warn("upstream %u: dropped a %llu-byte message over max_message with no known id",
+                 m->index, (unsigned long long)len);
+        return;
+    }
+    log_warn("upstream %u: reply of %llu bytes to request %llu exceeds max_message", m->index,
+             (unsigned long long)len, (unsigned long long)id);
+    snprintf(msg, sizeof(msg), "response too large: %llu bytes, max_message is %llu",
+             (unsigned long long)len, (unsigned long long)rt->srv->cfg->max_message);
+    request_fail(rt, r, SUBPOOL_ERR_LIMIT, msg);
+    router_dispatch(rt);
+    server_maybe_finish(rt->srv);
+}
+
+void router_on_lost(struct router *rt, struct pool_member *m, const char *reason)
+{
+    struct request_list retry = TAILQ_HEAD_INITIALIZER(retry);
+    struct request *r;
+    unsigned n_retry = 0, n_failed = 0;
+
+    while ((r = TAILQ_FIRST(&m->sent))) {
+        TAILQ_REMOVE(&m->sent, r, q_link);
+        m->in_flight--;
+        table_remove(rt, r);
+        r->member = NULL;
+        if (!r->session) {
+            request_free(r);
+        } else if (r->flags & METHOD_WRITE) {
+            request_fail(rt, r, SUBPOOL_ERR_UNKNOWN_WRITE,
+                         "upstream connection lost while this write was in flight; "
+                         "the outcome is unknown and it was not resent");
+            n_failed++;
+        } else if (r->retried) {
+            request_fail(rt, r, SUBPOOL_ERR_UPSTREAM_LOST,
+                         "upstream connection lost twice while this request was in flight");
+            n_failed++;
+        } else {
+            r->retried = true;
+            TAILQ_INSERT_TAIL(&retry, r, q_link);
+            n_retry++;
+        }
+    }
+    /* Retries go first, in their original order. */
+    while ((r = TAILQ_LAST(&retry, request_list))) {
+        TAILQ_REMOVE(&retry, r, q_link);
+        queue_push(rt, r, true);
+    }
+    log_info("upstream %u: lost (%s): %u requests to retry, %u failed", m->index, reason, n_retry,
+             n_failed);
+    router_dispatch(rt);
+    server_maybe_finish(rt->srv);
+}
+
+void router_fail_all(struct router *rt, int code, const char *message)
+{
+    struct request *r;
+
+    while ((r = TAILQ_FIRST(&rt->queue)))
+        request_fail(rt, r, code, message);
+    for (size_t i = 0; i < rt->table_size; i++)
+        while ((r = rt->table[i]))
+            request_fail(rt, r, code, message);
+}

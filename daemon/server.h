@@ -1,0 +1,159 @@
+/*
+ * The daemon's objects and how they reach each other. One event loop owns
+ * everything; each object has one owner and one file:
+ *   listener.c  accepts local connections          -> session
+ *   session.c   NDJSON framing, envelopes, replies -> router
+ *   router.c    upstream ids, timeouts, retries    -> pool
+ *   pool.c      the upstream websockets, picking   -> upstream.c
+ *   status.c    locally answered subpool_* methods
+ * Objects are never freed inside their own callbacks: closing is a state,
+ * the memory goes from a deferred pass.
+ */
+#pragma once
+
+#include <event2/event.h>
+#include <event2/event_struct.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/queue.h>
+#include <sys/uio.h>
+#include <time.h>
+
+#include "config.h"
+#include "jsonrpc.h"
+
+struct session;
+struct batch;
+struct listener;
+struct upstream;
+
+TAILQ_HEAD(request_list, request);
+TAILQ_HEAD(session_list, session);
+
+/* A client request forwarded to a node. Owned by the router. */
+struct request {
+    struct router *rt;
+    uint64_t uid;            /* the id the node sees */
+    struct session *session; /* NULL once the client has gone */
+    struct batch *batch;     /* the batch it belongs to, or NULL */
+    char *orig_id;           /* the client's id bytes, spliced back verbatim */
+    size_t orig_id_len;
+    char *wire; /* the request with uid in place of the id: kept for queueing and retry */
+    size_t wire_len;
+    unsigned flags;              /* METHOD_* */
+    bool retried;                /* a read gets one retry after an upstream loss */
+    bool queued;                 /* on the router's wait queue */
+    struct pool_member *member;  /* where it was sent; NULL while queued */
+    struct event timer;          /* request_timeout */
+    TAILQ_ENTRY(request) s_link; /* session->requests */
+    TAILQ_ENTRY(request) q_link; /* member->sent or router queue */
+    struct request *hnext;       /* id table chain */
+};
+
+/* One upstream websocket and the requests it carries. Owned by the pool. */
+struct pool_member {
+    struct pool *pool;
+    struct upstream *u;
+    unsigned index;
+    unsigned in_flight;
+    uint64_t requests; /* sent, total */
+    struct request_list sent;
+};
+
+struct pool {
+    struct server *srv;
+    unsigned n;
+    unsigned n_closed; /* during shutdown */
+    unsigned rotor;
+    struct pool_member *members;
+};
+
+struct router {
+    struct server *srv;
+    struct request **table; /* uid -> request, chained */
+    size_t table_size;      /* power of two */
+    size_t n_live;          /* requests in the table (sent) */
+    struct request_list queue;
+    size_t n_queued;
+    uint64_t next_uid;
+    const struct timeval *timeout_tv; /* a libevent common timeout */
+};
+
+struct stats {
+    uint64_t requests;  /* client calls accepted (batch elements counted one by one) */
+    uint64_t errors;    /* error replies subpool produced itself */
+    uint64_t responses; /* node replies delivered */
+    uint64_t accepted;  /* connections */
+};
+
+struct server {
+    struct event_base *base;
+    struct evdns_base *dns;
+    struct config *cfg;
+    struct listener *listener;
+    struct pool *pool;
+    struct router *router;
+    struct session_list sessions;
+    struct session_list closing; /* freed by the reaper */
+    struct event *reaper;
+    struct event *shutdown_timer;
+    unsigned n_sessions;
+    uint64_t next_session_id;
+    bool stopping;
+    bool pool_closing;
+    bool shutdown_forced;
+    time_t started;
+    struct stats stats;
+};
+
+/* server.c */
+void server_maybe_finish(struct server *srv);
+
+/* listener.c */
+struct listener *listener_new(struct server *srv, const char *path, unsigned mode, char *err,
+                              size_t errlen);
+struct listener *listener_free(struct listener *l);
+
+/* session.c */
+struct session *session_new(struct server *srv, int fd);
+void session_close(struct session *s, const char *why);
+void session_free(struct session *s);
+uint64_t session_id(const struct session *s);
+/* One reply, the concatenation of parts, for a request of s (in batch b or alone). */
+void session_deliver(struct session *s, struct batch *b, const struct iovec *parts, int n);
+/* An error reply echoing id (NULL = null). */
+void session_error(struct session *s, struct batch *b, const char *id, size_t id_len, int code,
+                   const char *message);
+/* The router attached or detached one of s's requests. */
+void session_request_added(struct session *s, struct request *r);
+void session_request_removed(struct session *s, struct request *r);
+/* Server-wide: free closed sessions; at stop, close the idle ones; at exit, close all. */
+void session_reap(struct server *srv);
+void session_stop_all(struct server *srv);
+void session_close_all(struct server *srv);
+
+/* router.c */
+struct router *router_new(struct server *srv);
+struct router *router_free(struct router *rt);
+/* Forward msg (a request inside buf) for session s. */
+void router_submit(struct router *rt, struct session *s, struct batch *b, const char *buf,
+                   const struct jsonrpc_msg *msg, unsigned flags);
+/* The client of r has gone: drop r if it waits, or let its reply be discarded. */
+void router_forget(struct router *rt, struct request *r);
+void router_dispatch(struct router *rt);
+void router_on_message(struct router *rt, struct pool_member *m, const char *msg, size_t len);
+void router_on_oversize(struct router *rt, struct pool_member *m, bool have_id, uint64_t id,
+                        uint64_t len);
+void router_on_lost(struct router *rt, struct pool_member *m, const char *reason);
+void router_fail_all(struct router *rt, int code, const char *message);
+
+/* pool.c */
+struct pool *pool_new(struct server *srv, char *err, size_t errlen);
+struct pool *pool_free(struct pool *p);
+struct pool_member *pool_pick(struct pool *p);
+void pool_close(struct pool *p);
+unsigned pool_ready(const struct pool *p);
+
+/* status.c: answer a subpool_* method; returns false when the method is unknown. */
+void status_handle(struct server *srv, struct session *s, struct batch *b, const char *buf,
+                   const struct jsonrpc_msg *msg);

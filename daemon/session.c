@@ -1,0 +1,437 @@
+/*
+ * A session is one local client connection speaking NDJSON: one JSON-RPC
+ * message (or batch) per line in, one reply per line out, in completion
+ * order. It validates envelopes, answers what it can at once (errors,
+ * subpool_* methods) and hands the rest to the router. Over-long lines are
+ * discarded as they stream in, never buffered whole. A client with too many
+ * requests outstanding is simply not read until replies drain.
+ */
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "methods.h"
+#include "server.h"
+
+/* Replies of one batch, collected until the last one arrives. */
+struct batch {
+    struct session *s;
+    struct evbuffer *out; /* replies so far, comma-separated */
+    unsigned pending;     /* replies still to come (+1 while the batch is being read) */
+    unsigned n_replies;
+    TAILQ_ENTRY(batch) link;
+};
+
+struct session {
+    struct server *srv;
+    uint64_t id;
+    struct bufferevent *bev;
+    TAILQ_ENTRY(session) link;
+    struct request_list requests;
+    unsigned n_requests;
+    TAILQ_HEAD(, batch) batches;
+    size_t scanned;   /* input bytes already searched for a newline */
+    size_t discarded; /* bytes dropped of the over-long line in progress */
+    bool discarding;  /* inside an over-long line */
+    bool read_eof;    /* the client shut its sending side */
+    bool read_paused; /* too many requests outstanding */
+    bool closing;
+};
+
+uint64_t session_id(const struct session *s)
+{
+    return s->id;
+}
+
+static void session_write(struct session *s, const void *p, size_t n)
+{
+    if (!s->closing)
+        evbuffer_add(bufferevent_get_output(s->bev), p, n);
+}
+
+/* Close once a finished client has been answered and everything is written. */
+static void session_maybe_done(struct session *s)
+{
+    if (s->closing || s->n_requests || !TAILQ_EMPTY(&s->batches))
+        return;
+    if (!s->read_eof && !s->srv->stopping)
+        return;
+    if (evbuffer_get_length(bufferevent_get_output(s->bev)) == 0)
+        session_close(s, s->read_eof ? "client finished" : "shutting down");
+}
+
+static void session_check_output(struct session *s)
+{
+    size_t out = evbuffer_get_length(bufferevent_get_output(s->bev));
+    if (out > s->srv->cfg->client_max_output) {
+        log_warn("session %llu: %zu unread reply bytes exceed client_max_output; disconnecting",
+                 (unsigned long long)s->id, out);
+        session_close(s, "slow reader");
+    }
+}
+
+static void batch_free(struct batch *b)
+{
+    TAILQ_REMOVE(&b->s->batches, b, link);
+    evbuffer_free(b->out);
+    free(b);
+}
+
+/* One reply fewer outstanding; write the array when it was the last. */
+static void batch_settle(struct batch *b)
+{
+    struct session *s = b->s;
+
+    if (--b->pending)
+        return;
+    if (b->n_replies) {
+        session_write(s, "[", 1);
+        if (!s->closing)
+            evbuffer_add_buffer(bufferevent_get_output(s->bev), b->out);
+        session_write(s, "]\n", 2);
+    }
+    batch_free(b);
+    session_check_output(s);
+}
+
+void session_deliver(struct session *s, struct batch *b, const struct iovec *parts, int n)
+{
+    if (b) {
+        if (b->n_replies++)
+            evbuffer_add(b->out, ",", 1);
+        for (int i = 0; i < n; i++)
+            evbuffer_add(b->out, parts[i].iov_base, parts[i].iov_len);
+        batch_settle(b);
+    } else {
+        for (int i = 0; i < n; i++)
+            session_write(s, parts[i].iov_base, parts[i].iov_len);
+        session_write(s, "\n", 1);
+        session_check_output(s);
+    }
+}
+
+void session_error(struct session *s, struct batch *b, const char *id, size_t id_len, int code,
+                   const char *message)
+{
+    char head[512];
+    struct iovec parts[3];
+
+    parts[0].iov_base = head;
+    parts[0].iov_len = jsonrpc_error_head(head, sizeof(head), code, message);
+    if (id && id_len) {
+        parts[1].iov_base = (void *)id;
+        parts[1].iov_len = id_len;
+    } else {
+        parts[1].iov_base = "null";
+        parts[1].iov_len = 4;
+    }
+    parts[2].iov_base = "}";
+    parts[2].iov_len = 1;
+    session_deliver(s, b, parts, 3);
+}
+
+void session_request_added(struct session *s, struct request *r)
+{
+    TAILQ_INSERT_TAIL(&s->requests, r, s_link);
+    s->n_requests++;
+}
+
+void session_request_removed(struct session *s, struct request *r)
+{
+    TAILQ_REMOVE(&s->requests, r, s_link);
+    s->n_requests--;
+    if (!s->closing && s->read_paused && s->n_requests < s->srv->cfg->client_max_in_flight) {
+        s->read_paused = false;
+        bufferevent_enable(s->bev, EV_READ);
+        /* Lines may already wait in the input buffer: look at them from the loop. */
+        bufferevent_trigger(s->bev, EV_READ, BEV_TRIG_IGNORE_WATERMARKS | BEV_TRIG_DEFER_CALLBACKS);
+    }
+}
+
+/* Handle one JSON-RPC object (alone or a batch element). */
+static void session_handle_msg(struct session *s, struct batch *b, const char *buf,
+                               const struct jsonrpc_msg *m, int err)
+{
+    struct server *srv = s->srv;
+    const char *id = m->id.type ? buf + m->id.off : NULL;
+    size_t id_len = m->id.type ? m->id.len : 0;
+    unsigned flags;
+
+    srv->stats.requests++;
+    if (err == JSONRPC_PARSE_ERROR) {
+        srv->stats.errors++;
+        session_error(s, b, NULL, 0, JSONRPC_PARSE_ERROR, "Parse error");
+        return;
+    }
+    if (err < 0 || m->kind == JSONRPC_KIND_RESPONSE) {
+        srv->stats.errors++;
+        session_error(s, b, id, id_len, JSONRPC_INVALID_REQUEST, "Invalid request");
+        return;
+    }
+    if (m->kind == JSONRPC_KIND_NOTIFICATION) {
+        /* No id, so no reply is allowed; nodes ignore these too. */
+        if (b)
+            batch_settle(b);
+        return;
+    }
+    flags = method_flags(buf + m->method.off + 1, m->method.len - 2);
+    if (srv->stopping) {
+        srv->stats.errors++;
+        session_error(s, b, id, id_len, SUBPOOL_ERR_SHUTDOWN, "subpoold is shutting down");
+        return;
+    }
+    if (flags & METHOD_LOCAL) {
+        status_handle(srv, s, b, buf, m);
+        return;
+    }
+    if (flags & (METHOD_SUBSCRIBE | METHOD_UNSUBSCRIBE)) {
+        srv->stats.errors++;
+        session_error(s, b, id, id_len, SUBPOOL_ERR_REFUSED,
+                      "subscriptions are not supported by this version of subpoold");
+        return;
+    }
+    router_submit(srv->router, s, b, buf, m, flags);
+}
+
+static void session_handle_batch(struct session *s, const char *line, size_t len)
+{
+    struct json_span arr, elem;
+    struct jsonrpc_msg m;
+    struct batch *b;
+    size_t pos = 0, n = 0;
+    char msg[96];
+
+    if (json_validate(line, len, &arr) < 0) {
+        s->srv->stats.errors++;
+        session_error(s, NULL, NULL, 0, JSONRPC_PARSE_ERROR, "Parse error");
+        return;
+    }
+    while (json_array_next(line, &arr, &pos, &elem) > 0)
+        n++;
+    if (n == 0) {
+        s->srv->stats.errors++;
+        session_error(s, NULL, NULL, 0, JSONRPC_INVALID_REQUEST, "Invalid request: empty batch");
+        return;
+    }
+    if (n > s->srv->cfg->max_batch) {
+        s->srv->stats.errors++;
+        snprintf(msg, sizeof(msg), "batch of %zu calls exceeds max_batch (%u)", n,
+                 s->srv->cfg->max_batch);
+        session_error(s, NULL, NULL, 0, SUBPOOL_ERR_LIMIT, msg);
+        return;
+    }
+    b = calloc(1, sizeof(*b));
+    if (!b || !(b->out = evbuffer_new())) {
+        free(b);
+        session_error(s, NULL, NULL, 0, JSONRPC_INTERNAL_ERROR, "out of memory");
+        return;
+    }
+    b->s = s;
+    /* One extra so replies given synchronously below cannot finish the batch early. */
+    b->pending = (unsigned)n + 1;
+    TAILQ_INSERT_TAIL(&s->batches, b, link);
+    pos = 0;
+    while (json_array_next(line, &arr, &pos, &elem) > 0) {
+        int err = jsonrpc_scan_span(line, &elem, &m);
+        session_handle_msg(s, b, line, &m, err);
+    }
+    batch_settle(b);
+}
+
+static void session_handle_line(struct session *s, const char *line, size_t len)
+{
+    struct jsonrpc_msg m;
+    size_t i = 0;
+
+    while (i < len && (line[i] == ' ' || line[i] == '\t' || line[i] == '\r'))
+        i++;
+    if (i == len)
+        return; /* blank lines are keep-alives, not errors */
+    if (jsonrpc_is_batch(line, len)) {
+        session_handle_batch(s, line, len);
+        return;
+    }
+    session_handle_msg(s, NULL, line, &m, jsonrpc_scan(line, len, &m));
+}
+
+static void session_too_long(struct session *s, size_t len)
+{
+    char msg[128];
+
+    log_info("session %llu: discarded a %zu-byte request line over max_request",
+             (unsigned long long)s->id, len);
+    snprintf(msg, sizeof(msg), "request of %zu bytes exceeds max_request (%llu)", len,
+             (unsigned long long)s->srv->cfg->max_request);
+    s->srv->stats.errors++;
+    session_error(s, NULL, NULL, 0, SUBPOOL_ERR_LIMIT, msg);
+}
+
+static void session_process(struct session *s)
+{
+    struct evbuffer *in = bufferevent_get_input(s->bev);
+    size_t max = s->srv->cfg->max_request;
+
+    while (!s->closing) {
+        size_t len = evbuffer_get_length(in), eol_len = 0, line_len;
+        struct evbuffer_ptr start, eol;
+
+        if (len == 0)
+            break;
+        if (s->n_requests >= s->srv->cfg->client_max_in_flight) {
+            s->read_paused = true;
+            bufferevent_disable(s->bev, EV_READ);
+            break;
+        }
+        if (evbuffer_ptr_set(in, &start, s->scanned, EVBUFFER_PTR_SET) < 0)
+            start.pos = -1;
+        eol = start.pos < 0 ? start : evbuffer_search_eol(in, &start, &eol_len, EVBUFFER_EOL_LF);
+        if (eol.pos < 0) {
+            /* No newline yet: keep at most max bytes of a line. */
+            if (s->discarding || len > max) {
+                s->discarded += len;
+                s->discarding = true;
+                evbuffer_drain(in, len);
+                s->scanned = 0;
+                continue;
+            }
+            if (!s->read_eof) {
+                s->scanned = len;
+                break;
+            }
+            /* At EOF an unterminated last line still counts. */
+            eol.pos = (ev_ssize_t)len;
+            eol_len = 0;
+        }
+        line_len = (size_t)eol.pos;
+        s->scanned = 0;
+        if (s->discarding || line_len > max) {
+            session_too_long(s, s->discarded + line_len);
+            s->discarding = false;
+            s->discarded = 0;
+            evbuffer_drain(in, line_len + eol_len);
+            continue;
+        }
+        const char *line = (const char *)evbuffer_pullup(in, (ev_ssize_t)(line_len + eol_len));
+        if (!line) {
+            session_close(s, "out of memory");
+            break;
+        }
+        session_handle_line(s, line, line_len);
+        evbuffer_drain(in, line_len + eol_len);
+    }
+    session_maybe_done(s);
+}
+
+static void session_read_cb(struct bufferevent *bev, void *arg)
+{
+    (void)bev;
+    session_process(arg);
+}
+
+static void session_write_cb(struct bufferevent *bev, void *arg)
+{
+    (void)bev;
+    session_maybe_done(arg);
+}
+
+static void session_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    struct session *s = arg;
+    (void)bev;
+
+    if (what & BEV_EVENT_EOF) {
+        s->read_eof = true;
+        session_process(s);
+        session_maybe_done(s);
+        return;
+    }
+    if (what & BEV_EVENT_ERROR) {
+        log_debug("session %llu: socket error: %s", (unsigned long long)s->id,
+                  evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+        session_close(s, "socket error");
+    }
+}
+
+struct session *session_new(struct server *srv, int fd)
+{
+    struct session *s = calloc(1, sizeof(*s));
+
+    if (!s)
+        return NULL;
+    s->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (!s->bev) {
+        free(s);
+        return NULL;
+    }
+    s->srv = srv;
+    s->id = ++srv->next_session_id;
+    TAILQ_INIT(&s->requests);
+    TAILQ_INIT(&s->batches);
+    bufferevent_setcb(s->bev, session_read_cb, session_write_cb, session_event_cb, s);
+    bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+    TAILQ_INSERT_TAIL(&srv->sessions, s, link);
+    srv->n_sessions++;
+    log_debug("session %llu: connected", (unsigned long long)s->id);
+    return s;
+}
+
+void session_reap(struct server *srv)
+{
+    struct session *s;
+
+    while ((s = TAILQ_FIRST(&srv->closing))) {
+        TAILQ_REMOVE(&srv->closing, s, link);
+        session_free(s);
+    }
+}
+
+void session_stop_all(struct server *srv)
+{
+    struct session *s, *next;
+
+    for (s = TAILQ_FIRST(&srv->sessions); s; s = next) {
+        next = TAILQ_NEXT(s, link);
+        session_maybe_done(s);
+    }
+}
+
+void session_close_all(struct server *srv)
+{
+    while (!TAILQ_EMPTY(&srv->sessions))
+        session_close(TAILQ_FIRST(&srv->sessions), "exit");
+    session_reap(srv);
+}
+
+void session_close(struct session *s, const char *why)
+{
+    struct server *srv = s->srv;
+    struct request *r;
+    struct batch *b;
+
+    if (s->closing)
+        return;
+    log_debug("session %llu: closed (%s), %u requests outstanding", (unsigned long long)s->id, why,
+              s->n_requests);
+    s->closing = true;
+    while ((r = TAILQ_FIRST(&s->requests)))
+        router_forget(srv->router, r);
+    while ((b = TAILQ_FIRST(&s->batches)))
+        batch_free(b);
+    bufferevent_disable(s->bev, EV_READ | EV_WRITE);
+    TAILQ_REMOVE(&srv->sessions, s, link);
+    srv->n_sessions--;
+    TAILQ_INSERT_TAIL(&srv->closing, s, link);
+    event_active(srv->reaper, 0, 0);
+}
+
+void session_free(struct session *s)
+{
+    if (!s)
+        return;
+    bufferevent_free(s->bev);
+    free(s);
+}

@@ -1,0 +1,1048 @@
+/*
+ * One websocket link to a chain node, kept alive for as long as the owner
+ * wants it. A connection attempt resolves the name with evdns, opens TCP,
+ * sends the HTTP/1.1 upgrade and checks the 101 answer; from then on wslay
+ * frames the traffic while this file assembles incoming messages itself (so
+ * that one oversized reply is dropped and reported instead of killing the
+ * link), pings an idle peer and notices when it stops answering. Any loss
+ * tears the connection down from a deferred event (never from inside a
+ * libevent or wslay callback that is still using it) and schedules the next
+ * attempt after a capped, jittered exponential backoff.
+ *
+ * Backoff policy: every failed attempt and every lost link counts as one
+ * consecutive failure; the delay before attempt n+1 is backoff_min_ms * 2^(n-1)
+ * capped at backoff_max_ms, drawn uniformly from [d/2, d]. The count goes
+ * back to zero once a link has proven healthy: it delivered a complete
+ * message, or it stayed READY for at least STABLE_MS. A node that accepts
+ * upgrades and then drops them at once therefore keeps backing off.
+ */
+#include "upstream.h"
+
+#include "http.h"
+#include "json.h"
+#include "log.h"
+#include "url.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/dns.h>
+#include <event2/event.h>
+#include <event2/util.h>
+#include <openssl/rand.h>
+#include <wslay/wslay.h>
+
+/* Stop handing frames to the socket above this much unsent output... */
+#define OUT_HIGH ((size_t)4 << 20)
+/* ...and resume when the kernel has taken it down to this. */
+#define OUT_LOW ((size_t)1 << 20)
+/* A receive buffer that grew past this is released after its message. */
+#define RX_KEEP ((size_t)1 << 20)
+/* A link READY for this long counts as healthy even if it was silent. */
+#define STABLE_MS 30000u
+/* Servers asking for more than this in Retry-After are not taken literally. */
+#define RETRY_AFTER_MAX_MS 3600000u
+/* Identical failures in a row: log the first, then every this many. */
+#define FAIL_LOG_EVERY 10u
+
+struct rx {
+    char *buf; /* the message being assembled (NUL-terminated for convenience) */
+    size_t len;
+    size_t cap;
+    uint64_t total;        /* bytes of the message so far, kept or not */
+    bool frame_is_data;    /* the current frame belongs to a data message */
+    bool frame_fin;        /* ...and ends it */
+    bool oversize;         /* past max_message (or out of memory): skimming only */
+    struct json_skim skim; /* valid while oversize */
+};
+
+struct upstream {
+    struct event_base *base;
+    struct evdns_base *dns;
+    unsigned id;
+    char *url_text;
+    struct url url;
+    char authority[URL_HOST_MAX + 16];
+    struct upstream_opts opts;
+    struct upstream_ops ops;
+    void *arg;
+
+    enum upstream_state state;
+    double state_since;
+    uint64_t reconnects;
+    char last_error[192];
+    bool have_error;
+
+    /* The current connection, if any. */
+    struct bufferevent *bev;
+    wslay_event_context_ptr ws;
+    char key[WS_KEY_LEN + 1];
+    struct rx rx;
+    bool in_wslay;      /* inside wslay_event_recv/send: nested sends wait for it */
+    bool flush_on_free; /* a close frame may still sit in the output: try once more */
+
+    /*
+     * One timer whose meaning follows the state: connect timeout
+     * (CONNECTING, HANDSHAKE), keepalive (READY), reconnect delay (BACKOFF),
+     * close timeout (CLOSING).
+     */
+    struct event *timer;
+    uint64_t ready_at_ms; /* monotonic */
+    uint64_t last_rx_ms;  /* monotonic time of the last frame received */
+    uint64_t ping_at_ms;  /* a ping is outstanding since then; 0 if none */
+    bool healthy;
+
+    /* Work done from the deferred event, outside every other callback. */
+    struct event *defer;
+    bool down_pending;     /* teardown of the connection requested */
+    bool lost_pending;     /* ops->lost still to be called */
+    bool backoff_pending;  /* schedule the reconnect after the teardown */
+    bool closed_pending;   /* ops->closed still to be called */
+    bool close_requested;  /* upstream_close() was called: never reconnect */
+
+    unsigned failures;        /* consecutive failed attempts or losses */
+    unsigned retry_after_ms;  /* the server asked to wait this long; 0 if not */
+    unsigned fail_repeat;     /* times last_error repeated identically */
+};
+
+static void attempt(struct upstream *u);
+
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static double wall_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void up_log(enum log_level level, const struct upstream *u, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void up_log(enum log_level level, const struct upstream *u, const char *fmt, ...)
+{
+    char text[1024];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof(text), fmt, ap);
+    va_end(ap);
+    log_msg(level, "upstream %u (%s): %s", u->id, u->authority, text);
+}
+
+/* Like log_at: a disabled level does not format anything. */
+#define ulog(level, u, ...)                                                                        \
+    do {                                                                                           \
+        if ((level) <= log_current_level)                                                          \
+            up_log((level), (u), __VA_ARGS__);                                                     \
+    } while (0)
+
+static void set_state(struct upstream *u, enum upstream_state s)
+{
+    if (u->state == s)
+        return;
+    ulog(LOG_LEVEL_DEBUG, u, "%s -> %s", upstream_state_name(u->state), upstream_state_name(s));
+    u->state = s;
+    u->state_since = wall_now();
+}
+
+static void arm_timer(struct upstream *u, uint64_t ms)
+{
+    struct timeval tv = {.tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)(ms % 1000) * 1000};
+    evtimer_add(u->timer, &tv);
+}
+
+/* Copy peer-supplied text for logs, replacing anything unprintable. */
+static void copy_printable(char *out, size_t cap, const char *p, size_t len)
+{
+    size_t n = 0;
+
+    for (size_t i = 0; i < len && n + 1 < cap; i++) {
+        unsigned char c = (unsigned char)p[i];
+        out[n++] = (c >= 0x20 && c < 0x7f) ? (char)c : '?';
+    }
+    out[n] = '\0';
+}
+
+static void rx_reset(struct upstream *u, bool release)
+{
+    struct rx *rx = &u->rx;
+
+    rx->len = 0;
+    rx->total = 0;
+    rx->frame_is_data = false;
+    rx->frame_fin = false;
+    rx->oversize = false;
+    /* One huge reply must not pin its buffer for the life of the link. */
+    if (release || rx->cap > RX_KEEP) {
+        free(rx->buf);
+        rx->buf = NULL;
+        rx->cap = 0;
+    }
+}
+
+/* Frees the socket and the wslay context. Never call it from their callbacks. */
+static void conn_free(struct upstream *u)
+{
+    if (u->ws) {
+        wslay_event_context_free(u->ws);
+        u->ws = NULL;
+    }
+    if (u->bev) {
+        /*
+         * A close frame (ours, or the answer to the peer's) may still be
+         * queued; one non-blocking write gives the peer a clean close
+         * without keeping the socket around for it.
+         */
+        struct evbuffer *out = bufferevent_get_output(u->bev);
+        evutil_socket_t fd = bufferevent_getfd(u->bev);
+        if (u->flush_on_free && fd >= 0 && evbuffer_get_length(out) > 0)
+            (void)evbuffer_write(out, fd);
+        bufferevent_free(u->bev);
+        u->bev = NULL;
+    }
+    u->flush_on_free = false;
+    u->in_wslay = false;
+    u->ping_at_ms = 0;
+    rx_reset(u, true);
+}
+
+/* Stops all I/O on the connection at once; the rest happens in defer_cb. */
+static void quiesce(struct upstream *u)
+{
+    evtimer_del(u->timer);
+    if (u->bev)
+        bufferevent_disable(u->bev, EV_READ | EV_WRITE);
+    u->down_pending = true;
+    event_active(u->defer, 0, 0);
+}
+
+/*
+ * The connection is over. Safe from any callback: it only records what to
+ * do and leaves the freeing, ops->lost and the reconnect to defer_cb. The
+ * first reason wins; later reports of the same loss are ignored.
+ */
+static void link_down(struct upstream *u, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void link_down(struct upstream *u, const char *fmt, ...)
+{
+    char reason[sizeof(u->last_error)];
+    va_list ap;
+
+    if (u->down_pending || u->state == UPSTREAM_STATE_CLOSED ||
+        u->state == UPSTREAM_STATE_BACKOFF || u->state == UPSTREAM_STATE_IDLE)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(reason, sizeof(reason), fmt, ap);
+    va_end(ap);
+
+    if (u->state == UPSTREAM_STATE_CLOSING) {
+        /* The end we asked for: not a failure, no reconnect. */
+        ulog(LOG_LEVEL_INFO, u, "closed (%s)", reason);
+        u->flush_on_free = true;
+        quiesce(u);
+        set_state(u, UPSTREAM_STATE_CLOSED);
+        u->closed_pending = true;
+        return;
+    }
+
+    bool was_ready = u->state == UPSTREAM_STATE_READY;
+    bool repeat = u->have_error && !was_ready && strcmp(u->last_error, reason) == 0;
+    memcpy(u->last_error, reason, sizeof(reason));
+    u->have_error = true;
+    if (was_ready) {
+        if (u->healthy || mono_ms() - u->ready_at_ms >= STABLE_MS)
+            u->failures = 0;
+        u->reconnects++;
+        u->fail_repeat = 0;
+        u->lost_pending = true;
+        ulog(LOG_LEVEL_INFO, u, "lost: %s", reason);
+    } else {
+        u->fail_repeat = repeat ? u->fail_repeat + 1 : 0;
+        if (u->fail_repeat == 0)
+            ulog(LOG_LEVEL_WARN, u, "attempt failed: %s", reason);
+        else if (u->fail_repeat % FAIL_LOG_EVERY == 0)
+            ulog(LOG_LEVEL_WARN, u, "attempt failed: %s (%u times in a row)", reason,
+                 u->fail_repeat + 1);
+        else
+            ulog(LOG_LEVEL_DEBUG, u, "attempt failed: %s", reason);
+    }
+    if (u->failures < 64)
+        u->failures++;
+    /* A peer that answered the close handshake deserves to see ours go out. */
+    u->flush_on_free = was_ready && u->ws && wslay_event_get_close_received(u->ws);
+    quiesce(u);
+    set_state(u, UPSTREAM_STATE_BACKOFF);
+    u->backoff_pending = true;
+}
+
+static uint32_t random_u32(void)
+{
+    uint32_t r = 0;
+
+    /* Without randomness the delay just sits at the bottom of its range. */
+    if (RAND_bytes((unsigned char *)&r, (int)sizeof(r)) != 1)
+        r = 0;
+    return r;
+}
+
+static void schedule_reconnect(struct upstream *u)
+{
+    uint64_t d = u->opts.backoff_min_ms;
+    for (unsigned i = 1; i < u->failures && d < u->opts.backoff_max_ms; i++)
+        d *= 2;
+    if (d > u->opts.backoff_max_ms)
+        d = u->opts.backoff_max_ms;
+    /* Full jitter keeps a fleet of daemons from reconnecting in lockstep. */
+    uint64_t lo = d / 2;
+    uint64_t delay = lo + random_u32() % (d - lo + 1);
+    if (u->retry_after_ms > delay)
+        delay = u->retry_after_ms;
+    u->retry_after_ms = 0;
+
+    /* Repeated identical failures are logged sparsely; so is their retry. */
+    if (u->fail_repeat % FAIL_LOG_EVERY == 0)
+        ulog(LOG_LEVEL_INFO, u, "reconnecting in %llu ms", (unsigned long long)delay);
+    else
+        ulog(LOG_LEVEL_DEBUG, u, "reconnecting in %llu ms", (unsigned long long)delay);
+    arm_timer(u, delay);
+}
+
+static void defer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct upstream *u = arg;
+    (void)fd;
+    (void)what;
+
+    if (u->down_pending) {
+        u->down_pending = false;
+        conn_free(u);
+    }
+    if (u->lost_pending) {
+        u->lost_pending = false;
+        /* The owner may call upstream_close() from here; checked below. */
+        if (!u->close_requested && u->ops.lost)
+            u->ops.lost(u, u->last_error, u->arg);
+    }
+    if (u->close_requested) {
+        u->backoff_pending = false;
+        if (u->closed_pending) {
+            u->closed_pending = false;
+            /* Last touch: the owner may free the upstream once this returns. */
+            if (u->ops.closed)
+                u->ops.closed(u, u->arg);
+        }
+        return;
+    }
+    if (u->backoff_pending) {
+        u->backoff_pending = false;
+        schedule_reconnect(u);
+    }
+}
+
+/* ---- websocket (wslay) ---- */
+
+static ssize_t ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
+                          void *user_data)
+{
+    struct upstream *u = user_data;
+    (void)flags;
+
+    /* Returning 0 would stall wslay; an empty buffer is "would block". */
+    int n = evbuffer_remove(bufferevent_get_input(u->bev), buf, len);
+    if (n <= 0) {
+        wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
+        return -1;
+    }
+    return n;
+}
+
+static ssize_t ws_send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size_t len, int flags,
+                          void *user_data)
+{
+    struct upstream *u = user_data;
+    struct evbuffer *out = bufferevent_get_output(u->bev);
+    (void)flags;
+
+    /* Bound the output buffer; the write callback resumes below OUT_LOW. */
+    if (evbuffer_get_length(out) >= OUT_HIGH) {
+        wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
+        return -1;
+    }
+    if (evbuffer_add(out, data, len) != 0) {
+        wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
+        return -1;
+    }
+    return (ssize_t)len;
+}
+
+static int ws_genmask_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, void *user_data)
+{
+    (void)user_data;
+    if (RAND_bytes(buf, (int)len) != 1) {
+        wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
+        return -1;
+    }
+    return 0;
+}
+
+static void rx_go_oversize(struct upstream *u)
+{
+    struct rx *rx = &u->rx;
+
+    rx->oversize = true;
+    json_skim_init(&rx->skim);
+    /* The id may well sit in what was already stored. */
+    json_skim_feed(&rx->skim, rx->buf, rx->len);
+    rx->len = 0;
+}
+
+static void ws_frame_start_cb(wslay_event_context_ptr ctx,
+                              const struct wslay_event_on_frame_recv_start_arg *arg,
+                              void *user_data)
+{
+    struct upstream *u = user_data;
+    struct rx *rx = &u->rx;
+    (void)ctx;
+
+    /* Any frame, control or data, shows the peer is alive. */
+    u->last_rx_ms = mono_ms();
+    if (wslay_is_ctrl_frame(arg->opcode)) {
+        /* Control frames may come between fragments; wslay handles them. */
+        rx->frame_is_data = false;
+        return;
+    }
+    if (arg->opcode != WSLAY_CONTINUATION_FRAME) {
+        /* wslay enforces the fragment order, so this starts a new message. */
+        rx->len = 0;
+        rx->total = 0;
+        rx->oversize = false;
+    }
+    rx->frame_is_data = true;
+    rx->frame_fin = arg->fin != 0;
+}
+
+static void ws_frame_chunk_cb(wslay_event_context_ptr ctx,
+                              const struct wslay_event_on_frame_recv_chunk_arg *arg,
+                              void *user_data)
+{
+    struct upstream *u = user_data;
+    struct rx *rx = &u->rx;
+    const char *p = (const char *)arg->data;
+    size_t n = arg->data_length;
+    (void)ctx;
+
+    if (!rx->frame_is_data || n == 0)
+        return;
+    rx->total += n;
+    if (!rx->oversize && rx->total > u->opts.max_message)
+        rx_go_oversize(u);
+    if (rx->oversize) {
+        json_skim_feed(&rx->skim, p, n);
+        return;
+    }
+    if (rx->len + n + 1 > rx->cap) {
+        size_t cap = rx->cap ? rx->cap : 4096;
+        while (cap < rx->len + n + 1)
+            cap *= 2;
+        char *nb = realloc(rx->buf, cap);
+        if (!nb) {
+            /* Dropping this message beats dropping the link. */
+            ulog(LOG_LEVEL_WARN, u, "out of memory for a %zu byte message; dropping it",
+                 rx->len + n);
+            rx_go_oversize(u);
+            json_skim_feed(&rx->skim, p, n);
+            return;
+        }
+        rx->buf = nb;
+        rx->cap = cap;
+    }
+    memcpy(rx->buf + rx->len, p, n);
+    rx->len += n;
+}
+
+static void ws_frame_end_cb(wslay_event_context_ptr ctx, void *user_data)
+{
+    struct upstream *u = user_data;
+    struct rx *rx = &u->rx;
+    (void)ctx;
+
+    if (!rx->frame_is_data || !rx->frame_fin)
+        return;
+    rx->frame_is_data = false;
+    /* After upstream_close() (or a loss) nobody is waiting for replies. */
+    if (u->state != UPSTREAM_STATE_READY || u->down_pending) {
+        ulog(LOG_LEVEL_DEBUG, u, "dropping a %llu byte message received while %s",
+             (unsigned long long)rx->total, upstream_state_name(u->state));
+    } else if (rx->oversize) {
+        uint64_t msg_id = 0;
+        bool have_id = json_skim_id(&rx->skim, &msg_id) == 0;
+        ulog(LOG_LEVEL_DEBUG, u, "dropped oversize message of %llu bytes (id %s%llu)",
+             (unsigned long long)rx->total, have_id ? "" : "unknown ",
+             (unsigned long long)msg_id);
+        u->healthy = true;
+        if (u->ops.oversize)
+            u->ops.oversize(u, have_id, msg_id, rx->total, u->arg);
+    } else {
+        u->healthy = true;
+        if (rx->buf)
+            rx->buf[rx->len] = '\0';
+        if (u->ops.message)
+            u->ops.message(u, rx->buf ? rx->buf : "", rx->len, u->arg);
+    }
+    rx_reset(u, false);
+}
+
+/* Called after every wslay_event_recv/send: has the websocket ended? */
+static void ws_check_end(struct upstream *u)
+{
+    if (u->down_pending || !u->ws)
+        return;
+    if (wslay_event_want_read(u->ws) || wslay_event_want_write(u->ws))
+        return;
+    if (u->state == UPSTREAM_STATE_CLOSING)
+        link_down(u, "peer answered the close");
+    else if (wslay_event_get_close_received(u->ws))
+        link_down(u, "peer closed the websocket (code %u)",
+                  (unsigned)wslay_event_get_status_code_received(u->ws));
+    else if (wslay_event_get_close_sent(u->ws))
+        link_down(u, "websocket protocol error (sent close %u)",
+                  (unsigned)wslay_event_get_status_code_sent(u->ws));
+    else
+        link_down(u, "websocket ended");
+}
+
+/* Hands queued frames to the socket, unless its output is already full. */
+static void ws_flush(struct upstream *u)
+{
+    if (!u->ws || u->down_pending)
+        return;
+    /* Nested inside wslay_event_recv (an owner callback): ws_pump flushes after it. */
+    if (u->in_wslay)
+        return;
+    if (evbuffer_get_length(bufferevent_get_output(u->bev)) < OUT_HIGH) {
+        u->in_wslay = true;
+        int r = wslay_event_send(u->ws);
+        u->in_wslay = false;
+        if (r != 0) {
+            link_down(u, "websocket send failed (wslay error %d)", r);
+            return;
+        }
+    }
+    ws_check_end(u);
+}
+
+static void ws_pump(struct upstream *u)
+{
+    if (!u->ws || u->down_pending)
+        return;
+    u->in_wslay = true;
+    int r = wslay_event_recv(u->ws);
+    u->in_wslay = false;
+    if (u->down_pending)
+        return;
+    if (r != 0) {
+        link_down(u, "websocket receive failed (wslay error %d)", r);
+        return;
+    }
+    /* Pongs, the answer to a close and sends made from owner callbacks. */
+    ws_flush(u);
+}
+
+static int ws_create(struct upstream *u)
+{
+    static const struct wslay_event_callbacks cbs = {
+        .recv_callback = ws_recv_cb,
+        .send_callback = ws_send_cb,
+        .genmask_callback = ws_genmask_cb,
+        .on_frame_recv_start_callback = ws_frame_start_cb,
+        .on_frame_recv_chunk_callback = ws_frame_chunk_cb,
+        .on_frame_recv_end_callback = ws_frame_end_cb,
+        .on_msg_recv_callback = NULL,
+    };
+
+    if (wslay_event_context_client_init(&u->ws, &cbs, u) != 0) {
+        u->ws = NULL;
+        return -ENOMEM;
+    }
+    /* We assemble messages ourselves and enforce max_message per message. */
+    wslay_event_config_set_no_buffering(u->ws, 1);
+    wslay_event_config_set_max_recv_msg_length(u->ws, UINT64_MAX);
+    return 0;
+}
+
+/* ---- keepalive ---- */
+
+static void keepalive_arm(struct upstream *u)
+{
+    if (u->opts.ping_interval_ms > 0)
+        arm_timer(u, u->opts.ping_interval_ms);
+}
+
+static void keepalive_tick(struct upstream *u)
+{
+    uint64_t now = mono_ms();
+
+    if (u->ping_at_ms) {
+        if (u->last_rx_ms < u->ping_at_ms) {
+            link_down(u, "pong timeout (nothing received for %llu ms after a ping)",
+                      (unsigned long long)(now - u->ping_at_ms));
+            return;
+        }
+        u->ping_at_ms = 0;
+    }
+    uint64_t idle = now - u->last_rx_ms;
+    if (idle < u->opts.ping_interval_ms) {
+        arm_timer(u, u->opts.ping_interval_ms - idle);
+        return;
+    }
+    struct wslay_event_msg ping = {.opcode = WSLAY_PING, .msg = NULL, .msg_length = 0};
+    if (wslay_event_queue_msg(u->ws, &ping) != 0) {
+        link_down(u, "cannot queue a ping");
+        return;
+    }
+    ulog(LOG_LEVEL_DEBUG, u, "idle for %llu ms, ping", (unsigned long long)idle);
+    u->ping_at_ms = now;
+    arm_timer(u, u->opts.pong_timeout_ms);
+    ws_flush(u);
+}
+
+static void timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct upstream *u = arg;
+    (void)fd;
+    (void)what;
+
+    switch (u->state) {
+    case UPSTREAM_STATE_CONNECTING:
+        link_down(u, "connect: timed out after %u ms", u->opts.connect_timeout_ms);
+        break;
+    case UPSTREAM_STATE_HANDSHAKE:
+        link_down(u, "handshake: timed out after %u ms", u->opts.connect_timeout_ms);
+        break;
+    case UPSTREAM_STATE_READY:
+        keepalive_tick(u);
+        break;
+    case UPSTREAM_STATE_BACKOFF:
+        attempt(u);
+        break;
+    case UPSTREAM_STATE_CLOSING:
+        link_down(u, "peer did not answer the close within %u ms", u->opts.close_timeout_ms);
+        break;
+    case UPSTREAM_STATE_IDLE:
+    case UPSTREAM_STATE_CLOSED:
+        break;
+    }
+}
+
+/* ---- HTTP upgrade ---- */
+
+static void send_upgrade(struct upstream *u)
+{
+    if (ws_make_key(u->key) != 0) {
+        link_down(u, "handshake: no randomness for the key");
+        return;
+    }
+    struct evbuffer *out = bufferevent_get_output(u->bev);
+    if (evbuffer_add_printf(out,
+                            "GET %s HTTP/1.1\r\n"
+                            "Host: %s\r\n"
+                            "Upgrade: websocket\r\n"
+                            "Connection: Upgrade\r\n"
+                            "Sec-WebSocket-Key: %s\r\n"
+                            "Sec-WebSocket-Version: 13\r\n"
+                            "User-Agent: subpool/" SUBPOOL_VERSION "\r\n"
+                            "\r\n",
+                            u->url.path, u->authority, u->key) < 0) {
+        link_down(u, "handshake: out of memory");
+        return;
+    }
+    set_state(u, UPSTREAM_STATE_HANDSHAKE);
+}
+
+/* Retry-After in its delta-seconds form; the HTTP-date form is ignored. */
+static void note_retry_after(struct upstream *u, const struct http_head *head)
+{
+    const struct http_str *v = http_header(head, "Retry-After");
+    uint64_t secs = 0;
+
+    if (!v || v->len == 0)
+        return;
+    for (size_t i = 0; i < v->len; i++) {
+        if (v->p[i] < '0' || v->p[i] > '9')
+            return;
+        if (secs < RETRY_AFTER_MAX_MS / 1000 + 1)
+            secs = secs * 10 + (uint64_t)(v->p[i] - '0');
+    }
+    uint64_t ms = secs * 1000;
+    u->retry_after_ms = ms > RETRY_AFTER_MAX_MS ? RETRY_AFTER_MAX_MS : (unsigned)ms;
+}
+
+/* Returns 0 when the 101 answer is acceptable; otherwise reports the failure. */
+static int check_upgrade(struct upstream *u, const struct http_head *head)
+{
+    char text[96];
+
+    if (head->status != 101) {
+        copy_printable(text, sizeof(text), head->reason.p, head->reason.len);
+        if (head->status == 429 || head->status == 503)
+            note_retry_after(u, head);
+        link_down(u, "handshake: HTTP %d %s", head->status, text);
+        return -1;
+    }
+    const struct http_str *upgrade = http_header(head, "Upgrade");
+    if (!upgrade || !http_has_token(upgrade, "websocket")) {
+        link_down(u, "handshake: no Upgrade: websocket in the answer");
+        return -1;
+    }
+    const struct http_str *conn = http_header(head, "Connection");
+    if (!conn || !http_has_token(conn, "upgrade")) {
+        link_down(u, "handshake: no Connection: upgrade in the answer");
+        return -1;
+    }
+    char expect[WS_ACCEPT_LEN + 1];
+    const struct http_str *accept = http_header(head, "Sec-WebSocket-Accept");
+    if (ws_accept(u->key, strlen(u->key), expect) != 0 || !accept ||
+        accept->len != WS_ACCEPT_LEN || memcmp(accept->p, expect, WS_ACCEPT_LEN) != 0) {
+        link_down(u, "handshake: bad Sec-WebSocket-Accept");
+        return -1;
+    }
+    /* We offered no extension (no compression); frames with RSV bits would fail later. */
+    if (http_header(head, "Sec-WebSocket-Extensions")) {
+        link_down(u, "handshake: server chose an extension we did not offer");
+        return -1;
+    }
+    return 0;
+}
+
+static void on_upgrade_answer(struct upstream *u)
+{
+    struct evbuffer *in = bufferevent_get_input(u->bev);
+    size_t have = evbuffer_get_length(in);
+    size_t n = have < HTTP_MAX_HEAD ? have : HTTP_MAX_HEAD;
+    struct http_head head;
+
+    const char *p = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
+    if (!p && n > 0) {
+        link_down(u, "handshake: out of memory");
+        return;
+    }
+    int r = http_parse_response(p, n, &head);
+    if (r == 0 && n >= HTTP_MAX_HEAD)
+        r = -1;
+    if (r == 0)
+        return; /* wait for more */
+    if (r < 0) {
+        link_down(u, "handshake: malformed HTTP response");
+        return;
+    }
+    if (check_upgrade(u, &head) != 0)
+        return;
+    if (ws_create(u) != 0) {
+        link_down(u, "out of memory");
+        return;
+    }
+    /* Whatever follows the head is already websocket traffic: keep it. */
+    evbuffer_drain(in, head.head_len);
+
+    evtimer_del(u->timer);
+    set_state(u, UPSTREAM_STATE_READY);
+    u->ready_at_ms = u->last_rx_ms = mono_ms();
+    u->ping_at_ms = 0;
+    u->healthy = false;
+    u->fail_repeat = 0;
+    keepalive_arm(u);
+    ulog(LOG_LEVEL_INFO, u, "connected");
+    if (u->ops.ready)
+        u->ops.ready(u, u->arg);
+    if (evbuffer_get_length(in) > 0)
+        ws_pump(u);
+}
+
+/* ---- bufferevent callbacks ---- */
+
+static void bev_read_cb(struct bufferevent *bev, void *arg)
+{
+    struct upstream *u = arg;
+    (void)bev;
+
+    if (u->down_pending)
+        return;
+    switch (u->state) {
+    case UPSTREAM_STATE_HANDSHAKE:
+        on_upgrade_answer(u);
+        break;
+    case UPSTREAM_STATE_READY:
+    case UPSTREAM_STATE_CLOSING:
+        ws_pump(u);
+        break;
+    default:
+        /* Nothing is expected before the upgrade request went out. */
+        link_down(u, "unexpected data before the handshake");
+        break;
+    }
+}
+
+static void bev_write_cb(struct bufferevent *bev, void *arg)
+{
+    struct upstream *u = arg;
+    (void)bev;
+
+    /* Output drained below OUT_LOW: resume frames held back by OUT_HIGH. */
+    if (u->state == UPSTREAM_STATE_READY || u->state == UPSTREAM_STATE_CLOSING)
+        ws_flush(u);
+}
+
+static void on_connected(struct upstream *u)
+{
+    int one = 1;
+    evutil_socket_t fd = bufferevent_getfd(u->bev);
+
+    /* Small JSON-RPC messages: latency matters more than packet count. */
+    if (fd >= 0)
+        (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    ulog(LOG_LEVEL_DEBUG, u, "TCP connected, sending the upgrade");
+    send_upgrade(u);
+}
+
+static void bev_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    struct upstream *u = arg;
+    int err = EVUTIL_SOCKET_ERROR();
+
+    if (u->down_pending)
+        return;
+    if (what & BEV_EVENT_CONNECTED) {
+        on_connected(u);
+        return;
+    }
+    const char *phase = u->state == UPSTREAM_STATE_CONNECTING  ? "connect: "
+                        : u->state == UPSTREAM_STATE_HANDSHAKE ? "handshake: "
+                                                               : "";
+    if (what & BEV_EVENT_EOF) {
+        link_down(u, "%sconnection closed by the peer", phase);
+    } else if (what & BEV_EVENT_ERROR) {
+        int dns_err = bufferevent_socket_get_dns_error(bev);
+        if (dns_err)
+            link_down(u, "resolve %s: %s", u->url.host, evutil_gai_strerror(dns_err));
+        else
+            link_down(u, "%s%s", phase[0] ? phase : "socket: ",
+                      evutil_socket_error_to_string(err));
+    }
+}
+
+/* ---- attempts ---- */
+
+static void attempt(struct upstream *u)
+{
+    set_state(u, UPSTREAM_STATE_CONNECTING);
+    if (u->opts.connect_timeout_ms > 0)
+        arm_timer(u, u->opts.connect_timeout_ms);
+    u->bev = bufferevent_socket_new(u->base, -1, BEV_OPT_CLOSE_ON_FREE);
+    if (!u->bev) {
+        link_down(u, "connect: cannot create a socket buffer");
+        return;
+    }
+    bufferevent_setcb(u->bev, bev_read_cb, bev_write_cb, bev_event_cb, u);
+    bufferevent_setwatermark(u->bev, EV_WRITE, OUT_LOW, 0);
+    bufferevent_enable(u->bev, EV_READ | EV_WRITE);
+    ulog(LOG_LEVEL_DEBUG, u, "connecting to %s port %u", u->url.host, (unsigned)u->url.port);
+    /* The event callback may already have run (and reported) when this fails. */
+    if (bufferevent_socket_connect_hostname(u->bev, u->dns, AF_UNSPEC, u->url.host,
+                                            (int)u->url.port) != 0)
+        link_down(u, "connect: %s", evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+}
+
+/* ---- public interface ---- */
+
+struct upstream *upstream_new(struct event_base *base, struct evdns_base *dns, unsigned id,
+                              const char *url, const struct upstream_opts *opts,
+                              const struct upstream_ops *ops, void *arg, const char **ret_cause)
+{
+    const char *cause_dummy;
+    if (!ret_cause)
+        ret_cause = &cause_dummy;
+    *ret_cause = NULL;
+
+    struct upstream *u = calloc(1, sizeof(*u));
+    if (!u) {
+        *ret_cause = "out of memory";
+        errno = ENOMEM;
+        return NULL;
+    }
+    const char *cause = NULL;
+    if (url_parse(url, &u->url, &cause) != 0) {
+        *ret_cause = cause ? cause : "bad URL";
+        free(u);
+        errno = EINVAL;
+        return NULL;
+    }
+    if (u->url.tls) {
+        *ret_cause = "wss:// is not supported yet";
+        free(u);
+        errno = EPROTONOSUPPORT;
+        return NULL;
+    }
+    u->base = base;
+    u->dns = dns;
+    u->id = id;
+    u->opts = *opts;
+    if (ops)
+        u->ops = *ops;
+    u->arg = arg;
+    /* A zero minimum would retry in a tight loop. */
+    if (u->opts.backoff_min_ms == 0)
+        u->opts.backoff_min_ms = 1;
+    if (u->opts.backoff_max_ms < u->opts.backoff_min_ms)
+        u->opts.backoff_max_ms = u->opts.backoff_min_ms;
+    if (u->opts.pong_timeout_ms == 0)
+        u->opts.pong_timeout_ms = u->opts.ping_interval_ms;
+    url_authority(&u->url, u->authority, sizeof(u->authority));
+    u->state = UPSTREAM_STATE_IDLE;
+    u->state_since = wall_now();
+    u->url_text = strdup(url);
+    u->timer = evtimer_new(base, timer_cb, u);
+    u->defer = event_new(base, -1, 0, defer_cb, u);
+    if (!u->url_text || !u->timer || !u->defer) {
+        *ret_cause = "out of memory";
+        upstream_free(u);
+        errno = ENOMEM;
+        return NULL;
+    }
+    return u;
+}
+
+void upstream_start(struct upstream *u)
+{
+    if (u->state != UPSTREAM_STATE_IDLE)
+        return;
+    attempt(u);
+}
+
+int upstream_send(struct upstream *u, const char *msg, size_t len)
+{
+    if (u->state != UPSTREAM_STATE_READY || u->down_pending || !u->ws)
+        return -ENOTCONN;
+    struct wslay_event_msg m = {.opcode = WSLAY_TEXT_FRAME, .msg = (const uint8_t *)msg,
+                                .msg_length = len};
+    int r = wslay_event_queue_msg(u->ws, &m);
+    if (r == WSLAY_ERR_NOMEM)
+        return -ENOMEM;
+    if (r != 0)
+        return -ENOTCONN;
+    /* A failure here is reported through ops->lost, later; the message was taken. */
+    ws_flush(u);
+    return 0;
+}
+
+void upstream_close(struct upstream *u)
+{
+    if (u->close_requested)
+        return;
+    u->close_requested = true;
+    if (u->state == UPSTREAM_STATE_READY && !u->down_pending && u->ws) {
+        static const char reason[] = "going away";
+        evtimer_del(u->timer);
+        set_state(u, UPSTREAM_STATE_CLOSING);
+        ulog(LOG_LEVEL_INFO, u, "closing");
+        if (wslay_event_queue_close(u->ws, WSLAY_CODE_GOING_AWAY, (const uint8_t *)reason,
+                                    sizeof(reason) - 1) != 0) {
+            link_down(u, "could not queue a close frame");
+            return;
+        }
+        if (u->opts.close_timeout_ms == 0) {
+            link_down(u, "not waiting for the peer");
+            return;
+        }
+        arm_timer(u, u->opts.close_timeout_ms);
+        ws_flush(u);
+        return;
+    }
+    /* Not connected (or a teardown is already under way): done at once. */
+    ulog(LOG_LEVEL_INFO, u, "closed");
+    evtimer_del(u->timer);
+    if (u->bev || u->ws)
+        quiesce(u);
+    set_state(u, UPSTREAM_STATE_CLOSED);
+    u->closed_pending = true;
+    event_active(u->defer, 0, 0);
+}
+
+struct upstream *upstream_free(struct upstream *u)
+{
+    if (!u)
+        return NULL;
+    conn_free(u);
+    if (u->timer)
+        event_free(u->timer);
+    if (u->defer)
+        event_free(u->defer);
+    free(u->url_text);
+    free(u);
+    return NULL;
+}
+
+enum upstream_state upstream_state(const struct upstream *u)
+{
+    return u->state;
+}
+
+const char *upstream_state_name(enum upstream_state s)
+{
+    switch (s) {
+    case UPSTREAM_STATE_IDLE:
+        return "idle";
+    case UPSTREAM_STATE_CONNECTING:
+        return "connecting";
+    case UPSTREAM_STATE_HANDSHAKE:
+        return "handshake";
+    case UPSTREAM_STATE_READY:
+        return "ready";
+    case UPSTREAM_STATE_BACKOFF:
+        return "backoff";
+    case UPSTREAM_STATE_CLOSING:
+        return "closing";
+    case UPSTREAM_STATE_CLOSED:
+        return "closed";
+    }
+    return "unknown";
+}
+
+unsigned upstream_id(const struct upstream *u)
+{
+    return u->id;
+}
+
+const char *upstream_url(const struct upstream *u)
+{
+    return u->url_text;
+}
+
+uint64_t upstream_reconnects(const struct upstream *u)
+{
+    return u->reconnects;
+}
+
+double upstream_state_since(const struct upstream *u)
+{
+    return u->state_since;
+}
+
+const char *upstream_last_error(const struct upstream *u)
+{
+    return u->have_error ? u->last_error : NULL;
+}

@@ -1,0 +1,312 @@
+/*
+ * JSON-RPC 2.0 envelopes: classify a validated object as request,
+ * notification or response and locate its members, and write the few
+ * error objects subpool produces itself, byte for byte.
+ */
+#include "jsonrpc.h"
+
+#include <stdio.h>
+#include <string.h>
+
+enum envelope_field {
+    FIELD_JSONRPC,
+    FIELD_ID,
+    FIELD_METHOD,
+    FIELD_PARAMS,
+    FIELD_RESULT,
+    FIELD_ERROR,
+    FIELD_COUNT,
+};
+
+static bool key_is(const char *k, size_t n, const char *lit, size_t lit_len)
+{
+    return n == lit_len && memcmp(k, lit, n) == 0;
+}
+
+/*
+ * Which envelope member a key names, or -1. Keys are compared as raw bytes:
+ * a key written with escapes ("\u0069d") is not "id" to us. Decoding every
+ * key would cost a copy on the hot path, no node or client we serve writes
+ * keys that way, and the failure mode is a clean "invalid request" (a
+ * missing member), never a reply routed on a member we misread.
+ */
+static int envelope_field(const char *buf, const struct json_span *key)
+{
+    const char *k = buf + key->off + 1;
+    size_t n = key->len - 2;
+
+    switch (n) {
+    case 2:
+        return key_is(k, n, "id", 2) ? FIELD_ID : -1;
+    case 5:
+        return key_is(k, n, "error", 5) ? FIELD_ERROR : -1;
+    case 6:
+        if (key_is(k, n, "method", 6))
+            return FIELD_METHOD;
+        if (key_is(k, n, "params", 6))
+            return FIELD_PARAMS;
+        if (key_is(k, n, "result", 6))
+            return FIELD_RESULT;
+        return -1;
+    case 7:
+        return key_is(k, n, "jsonrpc", 7) ? FIELD_JSONRPC : -1;
+    default:
+        return -1;
+    }
+}
+
+/* params.subscription and params.result of a subscription notification (first occurrences). */
+static void scan_notification_params(const char *buf, struct jsonrpc_msg *m)
+{
+    struct json_span key, val;
+    size_t pos = 0;
+
+    while (json_object_next(buf, &m->params, &pos, &key, &val) == 1) {
+        const char *k = buf + key.off + 1;
+        size_t n = key.len - 2;
+
+        if (m->sub.type == JSON_NONE && key_is(k, n, "subscription", 12))
+            m->sub = val;
+        else if (m->sub_result.type == JSON_NONE && key_is(k, n, "result", 6))
+            m->sub_result = val;
+    }
+}
+
+static bool is_present(const struct json_span *s)
+{
+    return s->type != JSON_NONE;
+}
+
+int jsonrpc_scan_span(const char *buf, const struct json_span *elem, struct jsonrpc_msg *ret)
+{
+    struct json_span f[FIELD_COUNT];
+    struct jsonrpc_msg m;
+    struct json_span key, val;
+    size_t pos = 0;
+    bool bad = false;
+
+    memset(&m, 0, sizeof(m));
+    memset(f, 0, sizeof(f));
+    m.whole = *elem;
+    if (elem->type != JSON_OBJECT) {
+        *ret = m;
+        return JSONRPC_INVALID_REQUEST;
+    }
+
+    /* Collect first, judge after: the id must be found even when an earlier member is bad. */
+    while (json_object_next(buf, elem, &pos, &key, &val) == 1) {
+        int k = envelope_field(buf, &key);
+
+        if (k < 0)
+            continue;
+        if (is_present(&f[k]))
+            bad = true; /* duplicate: the first one is kept for the echo */
+        else
+            f[k] = val;
+    }
+
+    /* An id of the wrong type is not echoed: the reply then carries null, as JSON-RPC asks. */
+    switch (f[FIELD_ID].type) {
+    case JSON_NONE:
+        break;
+    case JSON_STRING:
+    case JSON_NUMBER:
+    case JSON_NULL:
+        m.id = f[FIELD_ID];
+        break;
+    default:
+        bad = true;
+        break;
+    }
+
+    if (!json_string_eq(buf, &f[FIELD_JSONRPC], "2.0"))
+        bad = true;
+
+    if (is_present(&f[FIELD_METHOD])) {
+        m.kind = is_present(&f[FIELD_ID]) ? JSONRPC_KIND_REQUEST : JSONRPC_KIND_NOTIFICATION;
+        m.method = f[FIELD_METHOD];
+        m.params = f[FIELD_PARAMS];
+        if (m.method.type != JSON_STRING)
+            bad = true;
+        if (is_present(&m.params) && m.params.type != JSON_ARRAY && m.params.type != JSON_OBJECT)
+            bad = true;
+        if (is_present(&f[FIELD_RESULT]) || is_present(&f[FIELD_ERROR]))
+            bad = true;
+        if (m.kind == JSONRPC_KIND_NOTIFICATION && m.params.type == JSON_OBJECT)
+            scan_notification_params(buf, &m);
+    } else {
+        m.kind = JSONRPC_KIND_RESPONSE;
+        m.result = f[FIELD_RESULT];
+        m.error = f[FIELD_ERROR];
+        if (!is_present(&f[FIELD_ID]) || is_present(&f[FIELD_PARAMS]))
+            bad = true;
+        if (is_present(&m.result) == is_present(&m.error))
+            bad = true;
+    }
+
+    *ret = m;
+    return bad ? JSONRPC_INVALID_REQUEST : 0;
+}
+
+int jsonrpc_scan(const char *buf, size_t len, struct jsonrpc_msg *ret)
+{
+    struct json_span whole;
+
+    if (json_validate(buf, len, &whole) < 0)
+        return JSONRPC_PARSE_ERROR;
+    return jsonrpc_scan_span(buf, &whole, ret);
+}
+
+bool jsonrpc_is_batch(const char *buf, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        char c = buf[i];
+
+        if (c != ' ' && c != '\t' && c != '\n' && c != '\r')
+            return c == '[';
+    }
+    return false;
+}
+
+size_t jsonrpc_format_u64(char out[21], uint64_t v)
+{
+    char tmp[20];
+    size_t n = 0;
+
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    for (size_t k = 0; k < n; k++)
+        out[k] = tmp[n - 1 - k];
+    out[n] = '\0';
+    return n;
+}
+
+size_t json_escape(char *out, size_t cap, const char *s, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *u = (const unsigned char *)s;
+    size_t o = 0, i = 0;
+
+    /* Room for the two quotes and a NUL is the least we need to say anything. */
+    if (cap < 3) {
+        if (cap > 0)
+            out[0] = '\0';
+        return 0;
+    }
+    out[o++] = '"';
+    while (i < len) {
+        unsigned char c = u[i];
+        char esc[6];
+        const char *src = esc;
+        size_t n, adv = 1;
+
+        if (c == '"' || c == '\\') {
+            esc[0] = '\\';
+            esc[1] = (char)c;
+            n = 2;
+        } else if (c < 0x20) {
+            const char *shortf = NULL;
+
+            switch (c) {
+            case '\b':
+                shortf = "\\b";
+                break;
+            case '\f':
+                shortf = "\\f";
+                break;
+            case '\n':
+                shortf = "\\n";
+                break;
+            case '\r':
+                shortf = "\\r";
+                break;
+            case '\t':
+                shortf = "\\t";
+                break;
+            default:
+                break;
+            }
+            if (shortf) {
+                src = shortf;
+                n = 2;
+            } else {
+                memcpy(esc, "\\u00", 4);
+                esc[4] = hex[c >> 4];
+                esc[5] = hex[c & 15];
+                n = 6;
+            }
+        } else if (c < 0x80) {
+            src = s + i;
+            n = 1;
+        } else {
+            /* Bad UTF-8 (say, from a peer's error text) becomes U+FFFD so the output stays JSON. */
+            n = json_utf8_len(u + i, len - i);
+            if (n == 0) {
+                src = "\\ufffd";
+                n = 6;
+            } else {
+                src = s + i;
+                adv = n;
+            }
+        }
+        /* Never split an escape or a character; keep room for the closing quote and NUL. */
+        if (o + n > cap - 2)
+            break;
+        memcpy(out + o, src, n);
+        o += n;
+        i += adv;
+    }
+    out[o++] = '"';
+    out[o] = '\0';
+    return o;
+}
+
+static const char head_a[] = "{\"jsonrpc\":\"2.0\",\"error\":{\"code\":";
+static const char head_b[] = ",\"message\":";
+static const char head_c[] = "},\"id\":";
+
+size_t jsonrpc_error_head(char *out, size_t cap, int code, const char *message)
+{
+    char num[16];
+    int nn = snprintf(num, sizeof(num), "%d", code);
+    size_t o = 0, fixed;
+
+    if (message == NULL)
+        message = "";
+    fixed = sizeof(head_a) - 1 + (size_t)nn + sizeof(head_b) - 1 + sizeof(head_c) - 1;
+    if (cap < fixed + 3) { /* "" and the NUL */
+        if (cap > 0)
+            out[0] = '\0';
+        return 0;
+    }
+    memcpy(out + o, head_a, sizeof(head_a) - 1);
+    o += sizeof(head_a) - 1;
+    memcpy(out + o, num, (size_t)nn);
+    o += (size_t)nn;
+    memcpy(out + o, head_b, sizeof(head_b) - 1);
+    o += sizeof(head_b) - 1;
+    o += json_escape(out + o, cap - o - (sizeof(head_c) - 1), message, strlen(message));
+    memcpy(out + o, head_c, sizeof(head_c) - 1);
+    o += sizeof(head_c) - 1;
+    out[o] = '\0';
+    return o;
+}
+
+size_t jsonrpc_error_null(char *out, size_t cap, int code, const char *message)
+{
+    static const char tail[] = "null}";
+    size_t o;
+
+    if (cap < sizeof(tail)) {
+        if (cap > 0)
+            out[0] = '\0';
+        return 0;
+    }
+    o = jsonrpc_error_head(out, cap - (sizeof(tail) - 1), code, message);
+    if (o == 0)
+        return 0;
+    memcpy(out + o, tail, sizeof(tail)); /* with its NUL */
+    return o + sizeof(tail) - 1;
+}
