@@ -175,9 +175,9 @@ static int scan_escape(const char *buf, size_t len, size_t *pos)
         return JSON_ERR_SURROGATE;
     if (u >= 0xD800 && u <= 0xDBFF) {
         /* A high half must be followed at once by an escaped low half. */
-        if (len - i < 2)
-            return JSON_ERR_SYNTAX;
-        if (buf[i] != '\\' || buf[i + 1] != 'u')
+        if (i < len && buf[i] != '\\')
+            return JSON_ERR_SURROGATE;
+        if (i + 1 < len && buf[i + 1] != 'u')
             return JSON_ERR_SURROGATE;
         if (len - i < 6 || hex4(buf + i + 2, &lo) < 0)
             return JSON_ERR_SYNTAX;

@@ -44,7 +44,8 @@ struct json_span {
  * Validate the single value that starts at buf[off] (leading whitespace is
  * skipped). On success store its span in *ret (may be NULL) and return 0;
  * otherwise return a negative enum json_err and leave *ret untouched.
- * Bytes after the value are not looked at.
+ * Bytes after the value are not validated (only read to find where a number
+ * ends; a digit right after a leading zero is a syntax error).
  */
 int json_scan_value(const char *buf, size_t len, size_t off, struct json_span *ret);
 

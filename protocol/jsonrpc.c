@@ -152,8 +152,11 @@ int jsonrpc_scan(const char *buf, size_t len, struct jsonrpc_msg *ret)
 {
     struct json_span whole;
 
-    if (json_validate(buf, len, &whole) < 0)
+    if (json_validate(buf, len, &whole) < 0) {
+        /* Cleared, not left alone: callers pick the id before looking at the code. */
+        memset(ret, 0, sizeof(*ret));
         return JSONRPC_PARSE_ERROR;
+    }
     return jsonrpc_scan_span(buf, &whole, ret);
 }
 

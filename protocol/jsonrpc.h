@@ -17,8 +17,7 @@
 /* subpool's own block, -32050..-32099. Documented in the README. */
 #define SUBPOOL_ERR_UNAVAILABLE   -32050 /* no upstream became ready in time / queue full */
 #define SUBPOOL_ERR_TIMEOUT       -32051 /* the request timed out */
-#define SUBPOOL_ERR_UNKNOWN_WRITE -32052 /* upstream lost with a write in flight: outcome unknown \
-                                          */
+#define SUBPOOL_ERR_UNKNOWN_WRITE -32052 /* link lost with a write in flight: outcome unknown */
 #define SUBPOOL_ERR_LIMIT         -32053 /* a size or count limit was exceeded */
 #define SUBPOOL_ERR_REFUSED       -32054 /* the method is refused by subpool */
 #define SUBPOOL_ERR_SHUTDOWN      -32055 /* the daemon is shutting down */
@@ -52,7 +51,7 @@ struct jsonrpc_msg {
  * array nor object, both or neither of result and error in a response.
  * On an invalid message *ret still holds whatever id was found, so the
  * error reply can echo it (an id of a forbidden type is left JSON_NONE: reply
- * with null). On JSONRPC_PARSE_ERROR *ret is untouched. Envelope keys are
+ * with null). On JSONRPC_PARSE_ERROR *ret is zeroed (no spans). Envelope keys are
  * matched as raw bytes: "\u0069d" is not "id". A message with "method" must
  * not have "result" or "error"; one without must not have "params".
  * The span offsets are relative to buf.

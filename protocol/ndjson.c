@@ -11,10 +11,9 @@
 enum ndjson_result ndjson_next(const char *buf, size_t len, size_t max, size_t *ret_line_len,
                                size_t *ret_consumed)
 {
-    /* A line of max bytes may still be followed by "\r\n": look that far, no further. */
+    /* A line of max bytes may still be followed by "\r\n", hence max + 2. */
     size_t window = max > SIZE_MAX - 2 ? SIZE_MAX : max + 2;
-    size_t look = len < window ? len : window;
-    const char *nl = look > 0 ? memchr(buf, '\n', look) : NULL;
+    const char *nl = len > 0 ? memchr(buf, '\n', len) : NULL;
 
     *ret_line_len = 0;
     if (nl != NULL) {

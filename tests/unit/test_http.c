@@ -1,0 +1,294 @@
+/*
+ * Unit tests for HTTP head parsing (exact fields, incremental input, every
+ * rejected shape, both limits) and the WebSocket key/accept computations.
+ */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "http.h"
+
+#define LIT(s) s, sizeof(s) - 1
+
+static void assert_str(const struct http_str *s, const char *want)
+{
+    assert_non_null(s);
+    assert_int_equal(s->len, strlen(want));
+    assert_memory_equal(s->p, want, s->len);
+}
+
+static const char upgrade_req[] = "GET /ws?x=1 HTTP/1.1\r\n"
+                                  "Host: 127.0.0.1:9944\r\n"
+                                  "Upgrade:websocket\r\n"
+                                  "Connection: keep-alive, Upgrade \r\n"
+                                  "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                                  "Sec-WebSocket-Version: 13\r\n"
+                                  "X-Empty:\r\n"
+                                  "X-Pad: \t a  b \t\r\n"
+                                  "\r\n";
+
+static void test_request(void **state)
+{
+    static char buf[sizeof(upgrade_req) + 16];
+    struct http_head h;
+    size_t len = sizeof(upgrade_req) - 1;
+
+    memcpy(buf, upgrade_req, len);
+    memcpy(buf + len, "{\"body\":1}", 10); /* bytes after the head are not part of it */
+    assert_int_equal(http_parse_request(buf, len + 10, &h), 1);
+    assert_int_equal(h.head_len, len);
+    assert_str(&h.method, "GET");
+    assert_str(&h.target, "/ws?x=1");
+    assert_int_equal(h.minor_version, 1);
+    assert_int_equal(h.n_headers, 7);
+    assert_str(&h.headers[0].name, "Host");
+    assert_str(&h.headers[0].value, "127.0.0.1:9944");
+    assert_str(&h.headers[1].value, "websocket");
+    assert_str(&h.headers[2].value, "keep-alive, Upgrade");
+    assert_str(&h.headers[5].name, "X-Empty");
+    assert_str(&h.headers[5].value, "");
+    assert_str(&h.headers[6].value, "a  b");
+    assert_int_equal(h.headers[0].name.p - buf, 22);
+    assert_int_equal(h.headers[0].value.p - buf, 28);
+
+    assert_str(http_header(&h, "sec-websocket-key"), "dGhlIHNhbXBsZSBub25jZQ==");
+    assert_str(http_header(&h, "UPGRADE"), "websocket");
+    assert_null(http_header(&h, "Sec-WebSocket-Protocol"));
+    assert_null(http_header(&h, "Host2"));
+    assert_null(http_header(&h, "Hos"));
+
+    assert_true(http_has_token(http_header(&h, "connection"), "upgrade"));
+    assert_true(http_has_token(http_header(&h, "connection"), "Keep-Alive"));
+    assert_false(http_has_token(http_header(&h, "connection"), "keep"));
+    assert_false(http_has_token(http_header(&h, "connection"), "alive, Upgrade"));
+    assert_true(http_has_token(http_header(&h, "upgrade"), "WebSocket"));
+    assert_false(http_has_token(http_header(&h, "x-empty"), "a"));
+    assert_false(http_has_token(NULL, "upgrade"));
+}
+
+static void test_incremental(void **state)
+{
+    size_t len = sizeof(upgrade_req) - 1;
+    struct http_head h;
+
+    /* Every proper prefix needs more; untouched *ret each time. */
+    for (size_t n = 0; n < len; n++) {
+        h.status = -7;
+        h.n_headers = 99;
+        if (http_parse_request(upgrade_req, n, &h) != 0)
+            print_error("prefix %zu\n", n);
+        assert_int_equal(http_parse_request(upgrade_req, n, &h), 0);
+        assert_int_equal(h.status, -7);
+        assert_int_equal(h.n_headers, 99);
+    }
+    assert_int_equal(http_parse_request(upgrade_req, len, &h), 1);
+}
+
+static void test_bare_lf(void **state)
+{
+    static const char r[] = "GET / HTTP/1.0\nHost: x\r\nA: b\n\nrest";
+    struct http_head h;
+
+    assert_int_equal(http_parse_request(LIT(r), &h), 1);
+    assert_int_equal(h.minor_version, 0);
+    assert_int_equal(h.head_len, sizeof(r) - 1 - 4);
+    assert_int_equal(h.n_headers, 2);
+    assert_str(&h.headers[0].value, "x");
+    assert_str(&h.headers[1].value, "b");
+    /* Ending on CRLF + bare LF too. */
+    assert_int_equal(http_parse_request(LIT("GET / HTTP/1.1\r\n\n"), &h), 1);
+    assert_int_equal(h.head_len, 17);
+    assert_int_equal(h.n_headers, 0);
+}
+
+static void test_request_rejects(void **state)
+{
+    static const char *const bad[] = {
+        "GET  / HTTP/1.1\r\n\r\n",
+        "GET / HTTP/2.0\r\n\r\n",
+        "GET / HTTP/1.1 \r\n\r\n",
+        "GET / HTTP/1.1 x\r\n\r\n",
+        "GET / HTTP/1.\r\n\r\n",
+        "GET / http/1.1\r\n\r\n",
+        "GET /a\x7f HTTP/1.1\r\n\r\n",
+        "GET /\xc3\xa9 HTTP/1.1\r\n\r\n",
+        "G(T / HTTP/1.1\r\n\r\n",
+        " / HTTP/1.1\r\n\r\n",
+        "GET HTTP/1.1\r\n\r\n",
+        "GET /\r\n\r\n",
+        "\r\nGET / HTTP/1.1\r\n\r\n",
+        "GET / HTTP/1.1\rX: y\r\n\r\n",
+        "GET / HTTP/1.1\r\r\n\r\n",
+        "GET / HTTP/1.1\r\nX: a\r\n  b\r\n\r\n", /* obs-fold */
+        "GET / HTTP/1.1\r\nX: a\r\n\tb\r\n\r\n", /* obs-fold */
+        "GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost : x\r\n\r\n",
+        "GET / HTTP/1.1\r\nHo\x01st: x\r\n\r\n",
+        "GET / HTTP/1.1\r\nX: a\x01z\r\n\r\n",
+        "GET / HTTP/1.1\r\nX: a\x7fz\r\n\r\n",
+        "GET / HTTP/1.1\r\nX: a\rz\r\n\r\n",
+        "GET / HTTP/1.1\r\nNoColon\r\n\r\n",
+        "GET / HTTP/1.1\r\n: x\r\n\r\n",
+        "GET / HTTP/1.1\r\n\xc3\xa9: x\r\n\r\n",
+    };
+    for (size_t k = 0; k < sizeof(bad) / sizeof(bad[0]); k++) {
+        struct http_head h;
+        int rc;
+
+        h.n_headers = 77;
+        rc = http_parse_request(bad[k], strlen(bad[k]), &h);
+        if (rc != -1)
+            print_error("case %zu: %s\n", k, bad[k]);
+        assert_int_equal(rc, -1);
+        assert_int_equal(h.n_headers, 77);
+    }
+    /* A malformed complete line fails at once, before the head is complete. */
+    assert_int_equal(http_parse_request(LIT("GET / HTTP/1.1\r\nBad Name: x\r\n"), NULL), -1);
+    /* obs-text in a value is allowed. */
+    {
+        struct http_head h;
+
+        assert_int_equal(http_parse_request(LIT("GET / HTTP/1.1\r\nX: caf\xc3\xa9\r\n\r\n"), &h),
+                         1);
+        assert_str(&h.headers[0].value, "caf\xc3\xa9");
+    }
+}
+
+static void test_response(void **state)
+{
+    static const char r[] = "HTTP/1.1 101 Switching Protocols\r\n"
+                            "Upgrade: websocket\r\n"
+                            "Connection: Upgrade\r\n"
+                            "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"
+                            "\r\n";
+    struct http_head h;
+
+    assert_int_equal(http_parse_response(LIT(r), &h), 1);
+    assert_int_equal(h.status, 101);
+    assert_str(&h.reason, "Switching Protocols");
+    assert_int_equal(h.minor_version, 1);
+    assert_int_equal(h.n_headers, 3);
+    assert_int_equal(h.head_len, sizeof(r) - 1);
+    assert_str(http_header(&h, "sec-websocket-accept"), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    for (size_t n = 0; n < sizeof(r) - 1; n++)
+        assert_int_equal(http_parse_response(r, n, &h), 0);
+
+    assert_int_equal(http_parse_response(LIT("HTTP/1.1 200 \r\n\r\n"), &h), 1);
+    assert_int_equal(h.status, 200);
+    assert_str(&h.reason, "");
+    assert_int_equal(http_parse_response(LIT("HTTP/1.0 404\r\n\r\n"), &h), 1);
+    assert_int_equal(h.status, 404);
+    assert_int_equal(h.minor_version, 0);
+    assert_str(&h.reason, "");
+    assert_int_equal(http_parse_response(LIT("HTTP/1.1 503 Busy \tnow\n\n"), &h), 1);
+    assert_str(&h.reason, "Busy \tnow");
+
+    static const char *const bad[] = {
+        "HTTP/1.1 20 OK\r\n\r\n",   "HTTP/1.1 2000 OK\r\n\r\n", "HTTP/1.1 abc OK\r\n\r\n",
+        "HTTP/1.1  200 OK\r\n\r\n", "HTTP/2 200 OK\r\n\r\n",    "HTTP/1.1 200 O\x01K\r\n\r\n",
+        "ICY 200 OK\r\n\r\n",       "HTTP/1.1\r\n\r\n",         "HTTP/1.1 101 OK\r\nA b: c\r\n\r\n",
+        "GET / HTTP/1.1\r\n\r\n",
+    };
+    for (size_t k = 0; k < sizeof(bad) / sizeof(bad[0]); k++) {
+        if (http_parse_response(bad[k], strlen(bad[k]), &h) != -1)
+            print_error("case %zu: %s\n", k, bad[k]);
+        assert_int_equal(http_parse_response(bad[k], strlen(bad[k]), &h), -1);
+    }
+}
+
+static void test_max_headers(void **state)
+{
+    char buf[4096];
+    struct http_head h;
+    size_t n = (size_t)sprintf(buf, "GET / HTTP/1.1\r\n");
+
+    for (int k = 0; k < HTTP_MAX_HEADERS; k++)
+        n += (size_t)sprintf(buf + n, "H%d: %d\r\n", k, k);
+    memcpy(buf + n, "\r\n", 2);
+    assert_int_equal(http_parse_request(buf, n + 2, &h), 1);
+    assert_int_equal(h.n_headers, HTTP_MAX_HEADERS);
+    assert_str(&h.headers[HTTP_MAX_HEADERS - 1].name, "H47");
+    n += (size_t)sprintf(buf + n, "One: more\r\n\r\n");
+    assert_int_equal(http_parse_request(buf, n, &h), -1);
+}
+
+static void test_max_head(void **state)
+{
+    char *buf = malloc(HTTP_MAX_HEAD + 64);
+    struct http_head h;
+    size_t pre = (size_t)sprintf(buf, "GET / HTTP/1.1\r\nX: ");
+    size_t fill = HTTP_MAX_HEAD - pre - 4; /* "\r\n\r\n" ends it */
+
+    assert_non_null(buf);
+    memset(buf + pre, 'a', fill);
+    memcpy(buf + pre + fill, "\r\n\r\n", 4);
+    /* Exactly HTTP_MAX_HEAD bytes: accepted. */
+    assert_int_equal(http_parse_request(buf, HTTP_MAX_HEAD, &h), 1);
+    assert_int_equal(h.head_len, HTTP_MAX_HEAD);
+    assert_int_equal(h.headers[0].value.len, fill);
+    /* One more byte of value: refused, complete or not. */
+    memset(buf + pre, 'a', fill + 1);
+    memcpy(buf + pre + fill + 1, "\r\n\r\n", 4);
+    assert_int_equal(http_parse_request(buf, HTTP_MAX_HEAD + 1, &h), -1);
+    assert_int_equal(http_parse_request(buf, HTTP_MAX_HEAD, &h), -1);
+    assert_int_equal(http_parse_request(buf, HTTP_MAX_HEAD - 1, &h), 0);
+    /* No line end at all: still only "more" below the limit. */
+    memset(buf, 'G', HTTP_MAX_HEAD + 1);
+    assert_int_equal(http_parse_request(buf, HTTP_MAX_HEAD - 1, &h), 0);
+    assert_int_equal(http_parse_request(buf, HTTP_MAX_HEAD + 1, &h), -1);
+    free(buf);
+}
+
+static void test_ws_accept(void **state)
+{
+    char out[WS_ACCEPT_LEN + 1];
+    char key[WS_KEY_MAX + 1];
+
+    memset(out, 'z', sizeof(out));
+    assert_int_equal(ws_accept(LIT("dGhlIHNhbXBsZSBub25jZQ=="), out), 0);
+    assert_string_equal(out, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    assert_int_equal(strlen(out), WS_ACCEPT_LEN);
+
+    memset(key, 'k', sizeof(key));
+    assert_int_equal(ws_accept(key, WS_KEY_MAX, out), 0);
+    assert_int_equal(strlen(out), WS_ACCEPT_LEN);
+    strcpy(out, "unchanged");
+    assert_int_equal(ws_accept(key, WS_KEY_MAX + 1, out), -EINVAL);
+    assert_int_equal(ws_accept(key, 0, out), -EINVAL);
+    assert_string_equal(out, "unchanged");
+}
+
+static void test_ws_make_key(void **state)
+{
+    char a[WS_KEY_LEN + 1], b[WS_KEY_LEN + 1], acc[WS_ACCEPT_LEN + 1];
+
+    assert_int_equal(ws_make_key(a), 0);
+    assert_int_equal(ws_make_key(b), 0);
+    assert_int_equal(strlen(a), WS_KEY_LEN);
+    assert_string_not_equal(a, b);
+    /* 16 bytes of base64: 22 significant characters and "==". */
+    assert_memory_equal(a + 22, "==", 2);
+    for (int k = 0; k < 22; k++)
+        assert_non_null(
+            strchr("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/", a[k]));
+    assert_int_equal(ws_accept(a, WS_KEY_LEN, acc), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_request),     cmocka_unit_test(test_incremental),
+        cmocka_unit_test(test_bare_lf),     cmocka_unit_test(test_request_rejects),
+        cmocka_unit_test(test_response),    cmocka_unit_test(test_max_headers),
+        cmocka_unit_test(test_max_head),    cmocka_unit_test(test_ws_accept),
+        cmocka_unit_test(test_ws_make_key),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
