@@ -1,0 +1,397 @@
+/*
+ * subpool-devnode: a deterministic stand-in for a Subtensor node, for the
+ * integration tests, the benchmarks and the Quick start's dev chain. This
+ * file holds main: options, the listener, signals and the block clock.
+ */
+#include "devnode.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <event2/listener.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <netdb.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#define PROG "subpool-devnode"
+
+static const char usage[] =
+    "Usage: " PROG " [OPTION]...\n"
+    "A deterministic Subtensor node stand-in: JSON-RPC over ws:// for tests and development.\n"
+    "\n"
+    "  --listen HOST:PORT     address to listen on (default 127.0.0.1:9944; port 0 = any free)\n"
+    "  --block-ms N           a new block every N ms (default 1000; 0 = only on request)\n"
+    "  --latency-ms N         delay every reply by N ms (default 0)\n"
+    "  --jitter-ms N          ... plus or minus up to N ms, uniform (default 0)\n"
+    "  --metadata-size BYTES  length of the state_getMetadata hex string (default 600000)\n"
+    "  --call-size BYTES      bytes returned by state_call (default 64)\n"
+    "  --seed N               seed of every hash, value and jitter draw (default 0)\n"
+    "  --fault KIND           start with this fault on every connection (see devnode_fault)\n"
+    "  --max-message BYTES    largest websocket message accepted (default 67108864)\n"
+    "  --help                 show this and exit\n"
+    "\n"
+    "Prints 'listening on HOST:PORT' once ready. SIGTERM or SIGINT exits 0.\n"
+    "\n"
+    "Chain data: block N's hash is derived from (seed, N); finalized = best - 2.\n"
+    "state_getStorage is null when the key is empty or its last byte is 0x00 (hex\n"
+    "ending in \"00\"), otherwise 4..96 bytes derived from the key; storage never\n"
+    "changes between blocks. state_getKeysPaged: each prefix holds 16..1024 keys,\n"
+    "prefix + 8-byte big-endian index.\n"
+    "\n"
+    "Test control methods: devnode_stats, devnode_sleep [ms], devnode_echo [any],\n"
+    "devnode_blob [bytes], devnode_newBlock (or dev_newBlock),\n"
+    "devnode_fault [kind, \"conn\"|\"all\"] with kind one of none, close, stall,\n"
+    "garbage, garbage_binary, oversize, reorder, refuse429. Connections opened on\n"
+    "the path /control are exempt from faults of scope \"all\".\n";
+
+static const char *const fault_names[] = {
+    [FAULT_NONE] = "none",
+    [FAULT_CLOSE] = "close",
+    [FAULT_STALL] = "stall",
+    [FAULT_GARBAGE] = "garbage",
+    [FAULT_GARBAGE_BINARY] = "garbage_binary",
+    [FAULT_OVERSIZE] = "oversize",
+    [FAULT_REORDER] = "reorder",
+    [FAULT_REFUSE429] = "refuse429",
+};
+
+int fault_parse(const char *s, size_t len, enum fault_kind *ret)
+{
+    for (size_t i = 0; i < sizeof(fault_names) / sizeof(fault_names[0]); i++) {
+        if (strlen(fault_names[i]) == len && memcmp(fault_names[i], s, len) == 0) {
+            *ret = (enum fault_kind)i;
+            return 0;
+        }
+    }
+    return -EINVAL;
+}
+
+static int parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *ret)
+{
+    char *end;
+    if (*s < '0' || *s > '9')
+        return -EINVAL;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno != 0 || *end != '\0' || v < min || v > max)
+        return -EINVAL;
+    *ret = v;
+    return 0;
+}
+
+/* HOST:PORT, with [v6]:PORT for IPv6 literals. */
+static int parse_listen(const char *s, struct options *opt)
+{
+    const char *colon = strrchr(s, ':');
+    uint64_t port;
+
+    if (!colon || parse_u64(colon + 1, 0, 65535, &port) != 0)
+        return -EINVAL;
+    const char *host = s;
+    size_t hlen = (size_t)(colon - s);
+    if (hlen >= 2 && host[0] == '[' && host[hlen - 1] == ']') {
+        host++;
+        hlen -= 2;
+    }
+    if (hlen == 0 || hlen >= sizeof(opt->host))
+        return -EINVAL;
+    memcpy(opt->host, host, hlen);
+    opt->host[hlen] = '\0';
+    snprintf(opt->port, sizeof(opt->port), "%u", (unsigned)port);
+    return 0;
+}
+
+/* 0 to run, 1 after --help, -EINVAL after a bad option (already reported). */
+static int options_parse(int argc, char **argv, struct options *opt)
+{
+    enum {
+        O_LISTEN = 256,
+        O_BLOCK,
+        O_LATENCY,
+        O_JITTER,
+        O_METADATA,
+        O_CALL,
+        O_SEED,
+        O_FAULT,
+        O_MAX,
+        O_HELP
+    };
+    static const struct option longopts[] = {
+        {"listen", required_argument, NULL, O_LISTEN},
+        {"block-ms", required_argument, NULL, O_BLOCK},
+        {"latency-ms", required_argument, NULL, O_LATENCY},
+        {"jitter-ms", required_argument, NULL, O_JITTER},
+        {"metadata-size", required_argument, NULL, O_METADATA},
+        {"call-size", required_argument, NULL, O_CALL},
+        {"seed", required_argument, NULL, O_SEED},
+        {"fault", required_argument, NULL, O_FAULT},
+        {"max-message", required_argument, NULL, O_MAX},
+        {"help", no_argument, NULL, O_HELP},
+        {NULL, 0, NULL, 0},
+    };
+    uint64_t v = 0;
+    int ch;
+
+    *opt = (struct options){
+        .host = "127.0.0.1",
+        .port = "9944",
+        .block_ms = 1000,
+        .metadata_size = 600000,
+        .call_size = 64,
+        .max_message = 64u << 20,
+    };
+    while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        const char *name = NULL;
+        int r = 0;
+        switch (ch) {
+        case O_LISTEN:
+            name = "--listen";
+            r = parse_listen(optarg, opt);
+            break;
+        case O_BLOCK:
+            name = "--block-ms";
+            r = parse_u64(optarg, 0, 86400000, &v);
+            opt->block_ms = (uint32_t)v;
+            break;
+        case O_LATENCY:
+            name = "--latency-ms";
+            r = parse_u64(optarg, 0, 3600000, &v);
+            opt->latency_ms = (uint32_t)v;
+            break;
+        case O_JITTER:
+            name = "--jitter-ms";
+            r = parse_u64(optarg, 0, 3600000, &v);
+            opt->jitter_ms = (uint32_t)v;
+            break;
+        case O_METADATA:
+            /* At least "0x" + the "meta" magic and a version byte. */
+            name = "--metadata-size";
+            r = parse_u64(optarg, 12, 1u << 30, &v);
+            opt->metadata_size = (size_t)v;
+            break;
+        case O_CALL:
+            name = "--call-size";
+            r = parse_u64(optarg, 0, 1u << 30, &v);
+            opt->call_size = (size_t)v;
+            break;
+        case O_SEED:
+            name = "--seed";
+            r = parse_u64(optarg, 0, UINT64_MAX, &v);
+            opt->seed = v;
+            break;
+        case O_FAULT:
+            name = "--fault";
+            r = fault_parse(optarg, strlen(optarg), &opt->fault);
+            break;
+        case O_MAX:
+            name = "--max-message";
+            r = parse_u64(optarg, 1024, (1u << 31) - 1, &v);
+            opt->max_message = (size_t)v;
+            break;
+        case O_HELP:
+            fputs(usage, stdout);
+            return 1;
+        default:
+            /* getopt has printed the one line. */
+            return -EINVAL;
+        }
+        if (r != 0) {
+            fprintf(stderr, PROG ": invalid %s '%s'\n", name, optarg);
+            return -EINVAL;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, PROG ": unexpected argument '%s'\n", argv[optind]);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+void devnode_new_block(struct devnode *dn)
+{
+    uint64_t fin = chain_finalized(&dn->chain);
+    char fin_json[CHAIN_HEADER_MAX];
+    size_t fin_len = 0;
+
+    dn->chain.best++;
+    dn->head_len = chain_header_json(&dn->chain, dn->chain.best, dn->head_json);
+    uint64_t now_fin = chain_finalized(&dn->chain);
+    if (now_fin != fin)
+        fin_len = chain_header_json(&dn->chain, now_fin, fin_json);
+    conn_notify_block(dn, now_fin != fin ? fin_json : NULL, fin_len);
+}
+
+static void on_block(evutil_socket_t fd, short what, void *arg)
+{
+    devnode_new_block(arg);
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    struct devnode *dn = arg;
+    event_base_loopbreak(dn->base);
+}
+
+static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
+                      void *arg)
+{
+    int r = conn_accept(arg, fd);
+    if (r != 0)
+        fprintf(stderr, PROG ": dropping a connection: %s\n", strerror(-r));
+}
+
+static void on_accept_error(struct evconnlistener *l, void *arg)
+{
+    int e = EVUTIL_SOCKET_ERROR();
+    /* Out of descriptors and the like: say so and keep accepting later ones. */
+    fprintf(stderr, PROG ": accept: %s\n", evutil_socket_error_to_string(e));
+}
+
+/* state_getMetadata's result: "0x" + "meta" magic + v14 + deterministic bytes. */
+static int devnode_build_metadata(struct devnode *dn)
+{
+    static const char magic[] = "0x6d6574610e";
+    size_t digits = (dn->opt.metadata_size - 2) & ~(size_t)1;
+    size_t len = digits + 4;
+    char *m = malloc(len);
+
+    if (!m)
+        return -ENOMEM;
+    m[0] = '"';
+    memcpy(m + 1, magic, sizeof(magic) - 1);
+    chain_fill_hex(chain_domain_key(&dn->chain, CHAIN_DOMAIN_METADATA), m + sizeof(magic),
+                   (digits - (sizeof(magic) - 3)) / 2);
+    m[len - 1] = '"';
+    dn->metadata = m;
+    dn->metadata_len = len;
+    return 0;
+}
+
+static int devnode_listen(struct devnode *dn)
+{
+    struct addrinfo hints = {
+        .ai_family = AF_UNSPEC,
+        .ai_socktype = SOCK_STREAM,
+        .ai_flags = AI_PASSIVE | AI_NUMERICSERV,
+    };
+    struct addrinfo *ai;
+    int r = getaddrinfo(dn->opt.host, dn->opt.port, &hints, &ai);
+
+    if (r != 0) {
+        fprintf(stderr, PROG ": cannot resolve %s: %s\n", dn->opt.host, gai_strerror(r));
+        return -EINVAL;
+    }
+    /* Only the first address: with port 0 every address would get another port. */
+    dn->listener = evconnlistener_new_bind(
+        dn->base, on_accept, dn, LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC,
+        1024, ai->ai_addr, (int)ai->ai_addrlen);
+    freeaddrinfo(ai);
+    if (!dn->listener) {
+        r = errno;
+        fprintf(stderr, PROG ": cannot listen on %s:%s: %s\n", dn->opt.host, dn->opt.port,
+                strerror(r));
+        return -r;
+    }
+    evconnlistener_set_error_cb(dn->listener, on_accept_error);
+
+    union {
+        struct sockaddr sa;
+        struct sockaddr_in s4;
+        struct sockaddr_in6 s6;
+        struct sockaddr_storage ss;
+    } a;
+    socklen_t sl = sizeof(a);
+    char host[INET6_ADDRSTRLEN] = "";
+    memset(&a, 0, sizeof(a));
+    if (getsockname(evconnlistener_get_fd(dn->listener), &a.sa, &sl) != 0)
+        return -errno;
+    if (a.sa.sa_family == AF_INET6) {
+        inet_ntop(AF_INET6, &a.s6.sin6_addr, host, sizeof(host));
+        printf("listening on [%s]:%u\n", host, (unsigned)ntohs(a.s6.sin6_port));
+    } else {
+        inet_ntop(AF_INET, &a.s4.sin_addr, host, sizeof(host));
+        printf("listening on %s:%u\n", host, (unsigned)ntohs(a.s4.sin_port));
+    }
+    fflush(stdout);
+    return 0;
+}
+
+static int devnode_start(struct devnode *dn)
+{
+    dn->chain.seed = dn->opt.seed;
+    dn->fault = dn->opt.fault;
+    dn->rng = chain_domain_key(&dn->chain, CHAIN_DOMAIN_LATENCY) | 1;
+    dn->head_len = chain_header_json(&dn->chain, 0, dn->head_json);
+    rpc_init();
+
+    int r = devnode_build_metadata(dn);
+    if (r != 0)
+        return r;
+    dn->base = event_base_new();
+    if (!dn->base)
+        return -ENOMEM;
+    dn->ev_term = evsignal_new(dn->base, SIGTERM, on_signal, dn);
+    dn->ev_int = evsignal_new(dn->base, SIGINT, on_signal, dn);
+    if (!dn->ev_term || !dn->ev_int || evsignal_add(dn->ev_term, NULL) != 0 ||
+        evsignal_add(dn->ev_int, NULL) != 0)
+        return -ENOMEM;
+    if (dn->opt.latency_ms > 0) {
+        struct timeval tv = {dn->opt.latency_ms / 1000, (dn->opt.latency_ms % 1000) * 1000};
+        dn->latency_tv = event_base_init_common_timeout(dn->base, &tv);
+        if (!dn->latency_tv)
+            return -ENOMEM;
+    }
+    if (dn->opt.block_ms > 0) {
+        struct timeval tv = {dn->opt.block_ms / 1000, (dn->opt.block_ms % 1000) * 1000};
+        dn->ev_block = event_new(dn->base, -1, EV_PERSIST, on_block, dn);
+        if (!dn->ev_block || event_add(dn->ev_block, &tv) != 0)
+            return -ENOMEM;
+    }
+    return devnode_listen(dn);
+}
+
+static void devnode_stop(struct devnode *dn)
+{
+    if (dn->listener)
+        evconnlistener_free(dn->listener);
+    while (dn->conns)
+        conn_free(dn->conns);
+    if (dn->ev_block)
+        event_free(dn->ev_block);
+    if (dn->ev_term)
+        event_free(dn->ev_term);
+    if (dn->ev_int)
+        event_free(dn->ev_int);
+    if (dn->base)
+        event_base_free(dn->base);
+    /* Last: replies still queued may have pointed at it. */
+    free(dn->metadata);
+    libevent_global_shutdown();
+}
+
+int main(int argc, char **argv)
+{
+    static struct devnode dn;
+
+    int r = options_parse(argc, argv, &dn.opt);
+    if (r != 0)
+        return r > 0 ? 0 : 2;
+    /* A peer that vanishes must not kill us on the next write. */
+    signal(SIGPIPE, SIG_IGN);
+
+    r = devnode_start(&dn);
+    if (r == 0) {
+        fprintf(stderr, PROG ": seed %" PRIu64 ", block every %u ms, latency %u+-%u ms\n",
+                dn.opt.seed, dn.opt.block_ms, dn.opt.latency_ms, dn.opt.jitter_ms);
+        event_base_dispatch(dn.base);
+    } else if (r == -ENOMEM) {
+        fprintf(stderr, PROG ": out of memory\n");
+    }
+    devnode_stop(&dn);
+    return r == 0 ? 0 : 1;
+}
