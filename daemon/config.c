@@ -45,7 +45,7 @@ static const struct config_key config_keys[] = {
      "websockets kept open to the nodes, spread over the endpoints"},
     {"max_in_flight", CONFIG_UINT, OFF(max_in_flight), 1, 65536, "256",
      "requests outstanding on one upstream; more wait in the queue"},
-    {"queue_max", CONFIG_UINT, OFF(queue_max), 0, 1000000, "10000",
+    {"queue_max", CONFIG_UINT, OFF(queue_max), 0, 10000000, "100000",
      "requests waiting for an upstream before new ones are refused"},
     {"request_timeout", CONFIG_DURATION, OFF(request_timeout_ms), 100, 3600000, "60s",
      "a request not answered within this gets an error"},

@@ -139,6 +139,15 @@ static void request_timeout_cb(evutil_socket_t fd, short what, void *arg)
     server_maybe_finish(rt->srv);
 }
 
+static void dispatch_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct router *rt = arg;
+    (void)fd;
+    (void)what;
+    router_dispatch(rt);
+    server_maybe_finish(rt->srv);
+}
+
 struct router *router_new(struct server *srv)
 {
     struct router *rt = calloc(1, sizeof(*rt));
@@ -149,7 +158,9 @@ struct router *router_new(struct server *srv)
     rt->srv = srv;
     rt->table_size = TABLE_MIN;
     rt->table = calloc(rt->table_size, sizeof(*rt->table));
-    if (!rt->table) {
+    rt->dispatch = event_new(srv->base, -1, 0, dispatch_cb, rt);
+    if (!rt->table || !rt->dispatch) {
+        free(rt->table);
         free(rt);
         return NULL;
     }
@@ -178,6 +189,7 @@ struct router *router_free(struct router *rt)
             request_free(r);
         }
     }
+    event_free(rt->dispatch);
     free(rt->table);
     free(rt);
     return NULL;

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "log.h"
 #include "server.h"
@@ -54,12 +55,15 @@ static const struct option long_options[] = {
     {NULL, 0, NULL, 0},
 };
 
-static void fail_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+static void fail_usage(struct config *cfg, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3), noreturn));
 
-static void fail_usage(const char *fmt, ...)
+/* One line on stderr and exit 2; the config is freed first so leak checkers stay quiet. */
+static void fail_usage(struct config *cfg, const char *fmt, ...)
 {
     va_list ap;
 
+    config_free(cfg);
     fprintf(stderr, "subpoold: ");
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
@@ -77,7 +81,7 @@ static struct config *load_config(int argc, char **argv, bool *ret_check)
     int c;
 
     if (!cfg)
-        fail_usage("%s", "out of memory");
+        fail_usage(NULL, "%s", "out of memory");
     /* First pass: the file, so that options override it whatever their order. */
     while ((c = getopt_long(argc, argv, "c:s:u:n:l:o:thV", long_options, NULL)) != -1) {
         switch (c) {
@@ -86,25 +90,29 @@ static struct config *load_config(int argc, char **argv, bool *ret_check)
             break;
         case 'h':
             usage(stdout);
+            config_free(cfg);
             exit(0);
         case 'V':
             printf("subpoold %s\n", SUBPOOL_VERSION);
+            config_free(cfg);
             exit(0);
         case 'K':
             printf("Config keys (INI, in [subpoold] or before any section):\n");
             config_print_keys(stdout);
+            config_free(cfg);
             exit(0);
         case '?':
             fprintf(stderr, "Try 'subpoold --help'.\n");
+            config_free(cfg);
             exit(2);
         default:
             break;
         }
     }
     if (optind < argc)
-        fail_usage("unexpected argument \"%s\"", argv[optind]);
+        fail_usage(cfg, "unexpected argument \"%s\"", argv[optind]);
     if (path && config_load_file(cfg, path, err, sizeof(err)) < 0)
-        fail_usage("%s", err);
+        fail_usage(cfg, "%s", err);
     /* The first --upstream replaces the file's list. */
     cfg->upstreams_default = true;
     optind = 1;
@@ -127,7 +135,7 @@ static struct config *load_config(int argc, char **argv, bool *ret_check)
         case 'o': {
             const char *eq = strchr(optarg, '=');
             if (!eq || eq == optarg || (size_t)(eq - optarg) >= sizeof(kv))
-                fail_usage("--set takes KEY=VALUE, not \"%s\"", optarg);
+                fail_usage(cfg, "--set takes KEY=VALUE, not \"%s\"", optarg);
             memcpy(kv, optarg, (size_t)(eq - optarg));
             kv[eq - optarg] = '\0';
             key = kv;
@@ -141,11 +149,25 @@ static struct config *load_config(int argc, char **argv, bool *ret_check)
             break;
         }
         if (key && config_set(cfg, key, value, err, sizeof(err)) < 0)
-            fail_usage("%s", err);
+            fail_usage(cfg, "%s", err);
     }
     if (config_validate(cfg, err, sizeof(err)) < 0)
-        fail_usage("%s", err);
+        fail_usage(cfg, "%s", err);
     return cfg;
+}
+
+/* Every client is a descriptor: lift the soft limit toward the hard one when it is too low. */
+static void raise_fd_limit(unsigned max_clients)
+{
+    struct rlimit rl;
+    rlim_t want = (rlim_t)max_clients + 64;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur >= want)
+        return;
+    rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > want ? want : rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur < want)
+        log_warn("open file limit is %llu, below max_clients (%u) + 64; raise LimitNOFILE",
+                 (unsigned long long)rl.rlim_cur, max_clients);
 }
 
 static void reaper_cb(evutil_socket_t fd, short what, void *arg)
@@ -242,6 +264,7 @@ int main(int argc, char **argv)
         return 0;
     }
     signal(SIGPIPE, SIG_IGN);
+    raise_fd_limit(srv.cfg->max_clients);
     TAILQ_INIT(&srv.sessions);
     TAILQ_INIT(&srv.closing);
     srv.started = time(NULL);
@@ -291,6 +314,9 @@ out:
     srv.router = router_free(srv.router);
     srv.listener = listener_free(srv.listener);
     srv.pool = pool_free(srv.pool);
+    /* Let cancelled name lookups deliver their callbacks so their buffers are released. */
+    if (srv.base)
+        event_base_loop(srv.base, EVLOOP_NONBLOCK);
     for (int i = 0; i < 3; i++)
         if (sigs[i])
             event_free(sigs[i]);

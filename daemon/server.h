@@ -77,6 +77,7 @@ struct router {
     size_t n_queued;
     uint64_t next_uid;
     const struct timeval *timeout_tv; /* a libevent common timeout */
+    struct event *dispatch;           /* deferred dispatch after an upstream loss */
 };
 
 struct stats {

@@ -103,15 +103,15 @@ struct upstream {
 
     /* Work done from the deferred event, outside every other callback. */
     struct event *defer;
-    bool down_pending;     /* teardown of the connection requested */
-    bool lost_pending;     /* ops->lost still to be called */
-    bool backoff_pending;  /* schedule the reconnect after the teardown */
-    bool closed_pending;   /* ops->closed still to be called */
-    bool close_requested;  /* upstream_close() was called: never reconnect */
+    bool down_pending;    /* teardown of the connection requested */
+    bool lost_pending;    /* ops->lost still to be called */
+    bool backoff_pending; /* schedule the reconnect after the teardown */
+    bool closed_pending;  /* ops->closed still to be called */
+    bool close_requested; /* upstream_close() was called: never reconnect */
 
-    unsigned failures;        /* consecutive failed attempts or losses */
-    unsigned retry_after_ms;  /* the server asked to wait this long; 0 if not */
-    unsigned fail_repeat;     /* times last_error repeated identically */
+    unsigned failures;       /* consecutive failed attempts or losses */
+    unsigned retry_after_ms; /* the server asked to wait this long; 0 if not */
+    unsigned fail_repeat;    /* times last_error repeated identically */
 };
 
 static void attempt(struct upstream *u);
@@ -145,10 +145,10 @@ static void up_log(enum log_level level, const struct upstream *u, const char *f
 }
 
 /* Like log_at: a disabled level does not format anything. */
-#define ulog(level, u, ...)                                                                        \
-    do {                                                                                           \
-        if ((level) <= log_current_level)                                                          \
-            up_log((level), (u), __VA_ARGS__);                                                     \
+#define ulog(level, u, ...)                    \
+    do {                                       \
+        if ((level) <= log_current_level)      \
+            up_log((level), (u), __VA_ARGS__); \
     } while (0)
 
 static void set_state(struct upstream *u, enum upstream_state s)
@@ -198,11 +198,7 @@ static void rx_reset(struct upstream *u, bool release)
 /* Frees the socket and the wslay context. Never call it from their callbacks. */
 static void conn_free(struct upstream *u)
 {
-    if (u->ws) {
-        wslay_event_context_free(u->ws);
-        u->ws = NULL;
-    }
-    if (u->bev) {
+    if (u->flush_on_free && u->ws && u->bev) {
         /*
          * A close frame (ours, or the answer to the peer's) may still be
          * queued; one non-blocking write gives the peer a clean close
@@ -210,8 +206,19 @@ static void conn_free(struct upstream *u)
          */
         struct evbuffer *out = bufferevent_get_output(u->bev);
         evutil_socket_t fd = bufferevent_getfd(u->bev);
-        if (u->flush_on_free && fd >= 0 && evbuffer_get_length(out) > 0)
+        (void)wslay_event_send(u->ws);
+        if (fd >= 0 && evbuffer_get_length(out) > 0) {
+            /* A socket bufferevent keeps its output frozen to all other drains. */
+            evbuffer_unfreeze(out, 1);
             (void)evbuffer_write(out, fd);
+            evbuffer_freeze(out, 1);
+        }
+    }
+    if (u->ws) {
+        wslay_event_context_free(u->ws);
+        u->ws = NULL;
+    }
+    if (u->bev) {
         bufferevent_free(u->bev);
         u->bev = NULL;
     }
@@ -236,7 +243,8 @@ static void quiesce(struct upstream *u)
  * do and leaves the freeing, ops->lost and the reconnect to defer_cb. The
  * first reason wins; later reports of the same loss are ignored.
  */
-static void link_down(struct upstream *u, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void link_down(struct upstream *u, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 static void link_down(struct upstream *u, const char *fmt, ...)
 {
@@ -307,7 +315,7 @@ static void schedule_reconnect(struct upstream *u)
         d *= 2;
     if (d > u->opts.backoff_max_ms)
         d = u->opts.backoff_max_ms;
-    /* Full jitter keeps a fleet of daemons from reconnecting in lockstep. */
+    /* Jitter in [d/2, d] keeps a fleet of daemons from reconnecting in lockstep. */
     uint64_t lo = d / 2;
     uint64_t delay = lo + random_u32() % (d - lo + 1);
     if (u->retry_after_ms > delay)
@@ -407,7 +415,8 @@ static void rx_go_oversize(struct upstream *u)
     rx->oversize = true;
     json_skim_init(&rx->skim);
     /* The id may well sit in what was already stored. */
-    json_skim_feed(&rx->skim, rx->buf, rx->len);
+    if (rx->len > 0)
+        json_skim_feed(&rx->skim, rx->buf, rx->len);
     rx->len = 0;
 }
 
@@ -459,6 +468,9 @@ static void ws_frame_chunk_cb(wslay_event_context_ptr ctx,
         size_t cap = rx->cap ? rx->cap : 4096;
         while (cap < rx->len + n + 1)
             cap *= 2;
+        /* Doubling must not overshoot the largest message we would keep. */
+        if (cap - 1 > u->opts.max_message)
+            cap = (size_t)u->opts.max_message + 1;
         char *nb = realloc(rx->buf, cap);
         if (!nb) {
             /* Dropping this message beats dropping the link. */
@@ -492,8 +504,7 @@ static void ws_frame_end_cb(wslay_event_context_ptr ctx, void *user_data)
         uint64_t msg_id = 0;
         bool have_id = json_skim_id(&rx->skim, &msg_id) == 0;
         ulog(LOG_LEVEL_DEBUG, u, "dropped oversize message of %llu bytes (id %s%llu)",
-             (unsigned long long)rx->total, have_id ? "" : "unknown ",
-             (unsigned long long)msg_id);
+             (unsigned long long)rx->total, have_id ? "" : "unknown ", (unsigned long long)msg_id);
         u->healthy = true;
         if (u->ops.oversize)
             u->ops.oversize(u, have_id, msg_id, rx->total, u->arg);
@@ -716,8 +727,8 @@ static int check_upgrade(struct upstream *u, const struct http_head *head)
     }
     char expect[WS_ACCEPT_LEN + 1];
     const struct http_str *accept = http_header(head, "Sec-WebSocket-Accept");
-    if (ws_accept(u->key, strlen(u->key), expect) != 0 || !accept ||
-        accept->len != WS_ACCEPT_LEN || memcmp(accept->p, expect, WS_ACCEPT_LEN) != 0) {
+    if (ws_accept(u->key, strlen(u->key), expect) != 0 || !accept || accept->len != WS_ACCEPT_LEN ||
+        memcmp(accept->p, expect, WS_ACCEPT_LEN) != 0) {
         link_down(u, "handshake: bad Sec-WebSocket-Accept");
         return -1;
     }
@@ -736,18 +747,19 @@ static void on_upgrade_answer(struct upstream *u)
     size_t n = have < HTTP_MAX_HEAD ? have : HTTP_MAX_HEAD;
     struct http_head head;
 
+    if (n == 0)
+        return;
     const char *p = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
-    if (!p && n > 0) {
+    if (!p) {
         link_down(u, "handshake: out of memory");
         return;
     }
     int r = http_parse_response(p, n, &head);
-    if (r == 0 && n >= HTTP_MAX_HEAD)
-        r = -1;
-    if (r == 0)
+    if (r == 0 && n < HTTP_MAX_HEAD)
         return; /* wait for more */
-    if (r < 0) {
-        link_down(u, "handshake: malformed HTTP response");
+    if (r <= 0) {
+        link_down(u, "handshake: %s",
+                  r == 0 ? "HTTP response head too long" : "malformed HTTP response");
         return;
     }
     if (check_upgrade(u, &head) != 0)
@@ -840,8 +852,7 @@ static void bev_event_cb(struct bufferevent *bev, short what, void *arg)
         if (dns_err)
             link_down(u, "resolve %s: %s", u->url.host, evutil_gai_strerror(dns_err));
         else
-            link_down(u, "%s%s", phase[0] ? phase : "socket: ",
-                      evutil_socket_error_to_string(err));
+            link_down(u, "%s%s", phase[0] ? phase : "socket: ", evutil_socket_error_to_string(err));
     }
 }
 
@@ -878,6 +889,11 @@ struct upstream *upstream_new(struct event_base *base, struct evdns_base *dns, u
         ret_cause = &cause_dummy;
     *ret_cause = NULL;
 
+    if (!base || !url || !opts) {
+        *ret_cause = "missing argument";
+        errno = EINVAL;
+        return NULL;
+    }
     struct upstream *u = calloc(1, sizeof(*u));
     if (!u) {
         *ret_cause = "out of memory";
@@ -937,8 +953,8 @@ int upstream_send(struct upstream *u, const char *msg, size_t len)
 {
     if (u->state != UPSTREAM_STATE_READY || u->down_pending || !u->ws)
         return -ENOTCONN;
-    struct wslay_event_msg m = {.opcode = WSLAY_TEXT_FRAME, .msg = (const uint8_t *)msg,
-                                .msg_length = len};
+    struct wslay_event_msg m = {
+        .opcode = WSLAY_TEXT_FRAME, .msg = (const uint8_t *)msg, .msg_length = len};
     int r = wslay_event_queue_msg(u->ws, &m);
     if (r == WSLAY_ERR_NOMEM)
         return -ENOMEM;
@@ -964,12 +980,12 @@ void upstream_close(struct upstream *u)
             link_down(u, "could not queue a close frame");
             return;
         }
-        if (u->opts.close_timeout_ms == 0) {
-            link_down(u, "not waiting for the peer");
-            return;
-        }
-        arm_timer(u, u->opts.close_timeout_ms);
+        if (u->opts.close_timeout_ms > 0)
+            arm_timer(u, u->opts.close_timeout_ms);
         ws_flush(u);
+        /* Not waiting: conn_free still pushes the close frame out once. */
+        if (u->opts.close_timeout_ms == 0)
+            link_down(u, "not waiting for the peer's close");
         return;
     }
     /* Not connected (or a teardown is already under way): done at once. */
