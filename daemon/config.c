@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "url.h"
 
@@ -21,6 +22,8 @@ enum config_type {
     CONFIG_DURATION, /* stored in ms; "250ms", "30s", "5m", bare numbers are seconds */
     CONFIG_MODE,     /* octal file mode */
     CONFIG_LOGLEVEL,
+    CONFIG_OPTSTRING, /* may be empty: "" (written as "" in files) turns it off */
+    CONFIG_BOOL,      /* true/false, yes/no, on/off, 1/0 */
 };
 
 struct config_key {
@@ -74,6 +77,12 @@ static const struct config_key config_keys[] = {
     {"shutdown_timeout", CONFIG_DURATION, OFF(shutdown_timeout_ms), 0, 600000, "10s",
      "on SIGTERM, how long in-flight requests may take to finish"},
     {"log_level", CONFIG_LOGLEVEL, OFF(log_level), 0, 0, "info", "error, warn, info or debug"},
+    {"tcp_listen", CONFIG_OPTSTRING, OFF(tcp_listen), 0, 0, "\"\"",
+     "also serve on this TCP address (e.g. 127.0.0.1:9955); empty: Unix socket only"},
+    {"tcp_allow_remote", CONFIG_BOOL, OFF(tcp_allow_remote), 0, 1, "false",
+     "allow tcp_listen on a non-loopback address, and any Host header"},
+    {"allowed_origins", CONFIG_OPTSTRING, OFF(allowed_origins), 0, 0, "\"\"",
+     "browser origins allowed to connect (space separated, or *); empty: none"},
 };
 
 #define N_KEYS (sizeof(config_keys) / sizeof(config_keys[0]))
@@ -178,6 +187,8 @@ struct config *config_free(struct config *cfg)
     if (!cfg)
         return NULL;
     free(cfg->socket_path);
+    free(cfg->tcp_listen);
+    free(cfg->allowed_origins);
     for (unsigned i = 0; i < cfg->n_upstreams; i++)
         free(cfg->upstreams[i]);
     free(cfg);
@@ -247,6 +258,28 @@ int config_set(struct config *cfg, const char *key, const char *value, char *err
     }
     case CONFIG_UPSTREAM:
         return set_upstream(cfg, value, err, errlen);
+    case CONFIG_OPTSTRING: {
+        char *copy = strdup(strcmp(value, "\"\"") == 0 ? "" : value);
+        if (!copy) {
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        }
+        free(*(char **)field);
+        *(char **)field = copy;
+        return 0;
+    }
+    case CONFIG_BOOL: {
+        static const char *const yes[] = {"true", "yes", "on", "1"}, *const no[] = {"false", "no",
+                                                                                    "off", "0"};
+        for (size_t i = 0; i < 4; i++) {
+            if (strcasecmp(value, yes[i]) == 0 || strcasecmp(value, no[i]) == 0) {
+                *(bool *)field = strcasecmp(value, yes[i]) == 0;
+                return 0;
+            }
+        }
+        snprintf(err, errlen, "%s: \"%s\" is not true or false", key, value);
+        return -1;
+    }
     case CONFIG_LOGLEVEL:
         if (log_level_parse(value, field) < 0) {
             snprintf(err, errlen, "%s: \"%s\" is not one of error, warn, info, debug", key, value);

@@ -36,6 +36,9 @@ struct config {
     unsigned backoff_max_ms;
     unsigned shutdown_timeout_ms;
     enum log_level log_level;
+    char *tcp_listen; /* "" when off */
+    bool tcp_allow_remote;
+    char *allowed_origins; /* "" when none */
 };
 
 /* A config holding every default. NULL on allocation failure. */

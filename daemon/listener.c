@@ -1,11 +1,15 @@
 /*
- * The local Unix socket: created with the configured mode, replacing a stale
- * file but never a live daemon's socket. Accepted connections become
- * sessions. When the process runs out of descriptors, accepting pauses for
- * a moment instead of spinning on the error.
+ * The local listeners. The Unix socket is created with the configured mode,
+ * replacing a stale file but never a live daemon's socket. The optional TCP
+ * port is loopback unless explicitly allowed otherwise. Accepted connections
+ * become sessions. When the process runs out of descriptors, accepting
+ * pauses for a moment instead of spinning on the error.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <event2/listener.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,7 +25,8 @@ struct listener {
     struct server *srv;
     struct evconnlistener *evl;
     struct event *resume; /* re-enables accept after EMFILE */
-    char *path;
+    char *path;           /* Unix socket path, or the TCP address as given */
+    bool tcp;
     dev_t dev; /* to unlink only our own file at exit */
     ino_t ino;
 };
@@ -52,7 +57,11 @@ static void accept_cb(struct evconnlistener *evl, evutil_socket_t fd, struct soc
         refuse(fd);
         return;
     }
-    if (!session_new(srv, fd)) {
+    if (l->tcp) {
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    }
+    if (!session_new(srv, fd, l->tcp)) {
         log_error("listener: out of memory for a new session");
         close(fd);
     }
@@ -183,6 +192,77 @@ fail:
     return NULL;
 }
 
+static bool is_loopback(const struct sockaddr_storage *ss)
+{
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)ss;
+        return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+    }
+    if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
+        return IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr);
+    }
+    return false;
+}
+
+struct listener *listener_new_tcp(struct server *srv, const char *addr, bool allow_remote,
+                                  char *err, size_t errlen)
+{
+    struct listener *l = calloc(1, sizeof(*l));
+    struct sockaddr_storage ss;
+    int sslen = sizeof(ss);
+
+    if (!l || !(l->path = strdup(addr))) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    l->srv = srv;
+    l->tcp = true;
+    if (evutil_parse_sockaddr_port(addr, (struct sockaddr *)&ss, &sslen) < 0 ||
+        !strchr(addr, ':')) {
+        snprintf(err, errlen,
+                 "tcp_listen: \"%s\" is not HOST:PORT with a numeric address "
+                 "(e.g. 127.0.0.1:9955 or [::1]:9955)",
+                 addr);
+        goto fail;
+    }
+    if (!is_loopback(&ss)) {
+        if (!allow_remote) {
+            snprintf(err, errlen,
+                     "tcp_listen: %s is not a loopback address; set "
+                     "tcp_allow_remote = true to serve other hosts",
+                     addr);
+            goto fail;
+        }
+        log_warn("listener: serving JSON-RPC on non-loopback %s: anyone who can reach it can "
+                 "use the pool",
+                 addr);
+    }
+    l->evl = evconnlistener_new_bind(
+        srv->base, accept_cb, l, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_REUSEABLE,
+        1024, (struct sockaddr *)&ss, sslen);
+    if (!l->evl) {
+        snprintf(err, errlen, "tcp_listen: %s: %s", addr, strerror(errno));
+        goto fail;
+    }
+    evconnlistener_set_error_cb(l->evl, error_cb);
+    l->resume = evtimer_new(srv->base, resume_cb, l);
+    if (!l->resume) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    log_info("listener: accepting clients on tcp %s", addr);
+    return l;
+fail:
+    if (l) {
+        if (l->evl)
+            evconnlistener_free(l->evl);
+        free(l->path);
+        free(l);
+    }
+    return NULL;
+}
+
 struct listener *listener_free(struct listener *l)
 {
     struct stat st;
@@ -193,7 +273,7 @@ struct listener *listener_free(struct listener *l)
     if (l->resume)
         event_free(l->resume);
     /* Remove the file only if it is still ours (a new daemon may have replaced it). */
-    if (stat(l->path, &st) == 0 && st.st_dev == l->dev && st.st_ino == l->ino)
+    if (!l->tcp && stat(l->path, &st) == 0 && st.st_dev == l->dev && st.st_ino == l->ino)
         unlink(l->path);
     free(l->path);
     free(l);

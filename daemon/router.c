@@ -12,6 +12,7 @@
 
 #include "log.h"
 #include "methods.h"
+#include "metrics.h"
 #include "server.h"
 #include "upstream.h"
 
@@ -80,7 +81,8 @@ static void request_free(struct request *r)
 {
     if (!r)
         return;
-    evtimer_del(&r->timer);
+    if (event_initialized(&r->timer))
+        evtimer_del(&r->timer);
     free(r->orig_id);
     free(r->wire);
     free(r);
@@ -112,6 +114,7 @@ static void request_fail(struct router *rt, struct request *r, int code, const c
     request_unlink(rt, r);
     if (s) {
         rt->srv->stats.errors++;
+        metrics_count_error(rt->srv->metrics, r->method_slot);
         session_error(s, b, r->orig_id, r->orig_id_len, code, message);
     }
     request_free(r);
@@ -237,8 +240,15 @@ void router_dispatch(struct router *rt)
     }
 }
 
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 void router_submit(struct router *rt, struct session *s, struct batch *b, const char *buf,
-                   const struct jsonrpc_msg *msg, unsigned flags)
+                   const struct jsonrpc_msg *msg, unsigned flags, unsigned method_slot)
 {
     struct request *r;
     char uid[21];
@@ -251,6 +261,8 @@ void router_submit(struct router *rt, struct session *s, struct batch *b, const 
     r->rt = rt;
     r->uid = rt->next_uid++;
     r->flags = flags;
+    r->method_slot = method_slot;
+    r->start_ns = now_ns();
     r->orig_id_len = id->len;
     r->orig_id = malloc(id->len);
     uid_len = jsonrpc_format_u64(uid, r->uid);
@@ -333,6 +345,9 @@ void router_on_message(struct router *rt, struct pool_member *m, const char *msg
         struct batch *b = r->batch;
         request_unlink(rt, r);
         rt->srv->stats.responses++;
+        if (jm.error.type != JSON_NONE)
+            metrics_count_error(rt->srv->metrics, r->method_slot);
+        metrics_observe(rt->srv->metrics, now_ns() - r->start_ns);
         session_deliver(s, b, parts, 3);
     } else {
         request_unlink(rt, r);

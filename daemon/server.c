@@ -15,6 +15,7 @@
 #include <sys/resource.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "server.h"
 
 static void usage(FILE *out)
@@ -229,6 +230,7 @@ static void server_stop(struct server *srv, const char *why)
     log_info("%s: stopping; %u clients, %zu requests in flight, %zu queued", why, srv->n_sessions,
              srv->router->n_live, srv->router->n_queued);
     srv->listener = listener_free(srv->listener);
+    srv->tcp_listener = listener_free(srv->tcp_listener);
     evtimer_add(srv->shutdown_timer, &tv);
     session_stop_all(srv);
     server_maybe_finish(srv);
@@ -283,7 +285,8 @@ int main(int argc, char **argv)
     srv.reaper = event_new(srv.base, -1, 0, reaper_cb, &srv);
     srv.shutdown_timer = evtimer_new(srv.base, shutdown_timer_cb, &srv);
     srv.router = router_new(&srv);
-    if (!srv.dns || !srv.reaper || !srv.shutdown_timer || !srv.router) {
+    srv.metrics = metrics_new();
+    if (!srv.dns || !srv.reaper || !srv.shutdown_timer || !srv.router || !srv.metrics) {
         log_error("out of memory at start-up");
         goto out;
     }
@@ -296,6 +299,14 @@ int main(int argc, char **argv)
     if (!srv.listener) {
         log_error("%s", err);
         goto out;
+    }
+    if (*srv.cfg->tcp_listen) {
+        srv.tcp_listener = listener_new_tcp(&srv, srv.cfg->tcp_listen, srv.cfg->tcp_allow_remote,
+                                            err, sizeof(err));
+        if (!srv.tcp_listener) {
+            log_error("%s", err);
+            goto out;
+        }
     }
     srv.pool = pool_new(&srv, err, sizeof(err));
     if (!srv.pool) {
@@ -313,6 +324,7 @@ out:
         session_close_all(&srv);
     srv.router = router_free(srv.router);
     srv.listener = listener_free(srv.listener);
+    srv.tcp_listener = listener_free(srv.tcp_listener);
     srv.pool = pool_free(srv.pool);
     /* Let cancelled name lookups deliver their callbacks so their buffers are released. */
     if (srv.base)
@@ -328,6 +340,7 @@ out:
         evdns_base_free(srv.dns, 0);
     if (srv.base)
         event_base_free(srv.base);
+    metrics_free(srv.metrics);
     config_free(srv.cfg);
     return rc;
 }

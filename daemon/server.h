@@ -41,6 +41,8 @@ struct request {
     char *wire; /* the request with uid in place of the id: kept for queueing and retry */
     size_t wire_len;
     unsigned flags;              /* METHOD_* */
+    unsigned method_slot;        /* metrics */
+    uint64_t start_ns;           /* arrival, for the latency histogram */
     bool retried;                /* a read gets one retry after an upstream loss */
     bool queued;                 /* on the router's wait queue */
     struct pool_member *member;  /* where it was sent; NULL while queued */
@@ -81,10 +83,13 @@ struct router {
 };
 
 struct stats {
-    uint64_t requests;  /* client calls accepted (batch elements counted one by one) */
-    uint64_t errors;    /* error replies subpool produced itself */
-    uint64_t responses; /* node replies delivered */
-    uint64_t accepted;  /* connections */
+    uint64_t requests;            /* client calls accepted (batch elements counted one by one) */
+    uint64_t errors;              /* error replies subpool produced itself */
+    uint64_t responses;           /* node replies delivered */
+    uint64_t accepted;            /* connections */
+    uint64_t bytes_in;            /* read from clients */
+    uint64_t bytes_out;           /* written to clients */
+    unsigned clients_by_proto[4]; /* current clients by enum session_proto */
 };
 
 struct server {
@@ -92,6 +97,8 @@ struct server {
     struct evdns_base *dns;
     struct config *cfg;
     struct listener *listener;
+    struct listener *tcp_listener;
+    struct metrics *metrics;
     struct pool *pool;
     struct router *router;
     struct session_list sessions;
@@ -113,10 +120,12 @@ void server_maybe_finish(struct server *srv);
 /* listener.c */
 struct listener *listener_new(struct server *srv, const char *path, unsigned mode, char *err,
                               size_t errlen);
+struct listener *listener_new_tcp(struct server *srv, const char *addr, bool allow_remote,
+                                  char *err, size_t errlen);
 struct listener *listener_free(struct listener *l);
 
 /* session.c */
-struct session *session_new(struct server *srv, int fd);
+struct session *session_new(struct server *srv, int fd, bool tcp);
 void session_close(struct session *s, const char *why);
 void session_free(struct session *s);
 uint64_t session_id(const struct session *s);
@@ -138,7 +147,7 @@ struct router *router_new(struct server *srv);
 struct router *router_free(struct router *rt);
 /* Forward msg (a request inside buf) for session s. */
 void router_submit(struct router *rt, struct session *s, struct batch *b, const char *buf,
-                   const struct jsonrpc_msg *msg, unsigned flags);
+                   const struct jsonrpc_msg *msg, unsigned flags, unsigned method_slot);
 /* The client of r has gone: drop r if it waits, or let its reply be discarded. */
 void router_forget(struct router *rt, struct request *r);
 void router_dispatch(struct router *rt);

@@ -1,10 +1,12 @@
 /*
- * A session is one local client connection speaking NDJSON: one JSON-RPC
- * message (or batch) per line in, one reply per line out, in completion
- * order. It validates envelopes, answers what it can at once (errors,
- * subpool_* methods) and hands the rest to the router. Over-long lines are
- * discarded as they stream in, never buffered whole. A client with too many
- * requests outstanding is simply not read until replies drain.
+ * A session is one local client connection. This file holds what every
+ * framing shares: detecting the framing from the first bytes, validating
+ * envelopes, answering what can be answered at once (errors, subpool_*
+ * methods), handing the rest to the router, collecting batch replies, flow
+ * control and the close path. It also frames NDJSON: one message (or batch)
+ * per line in, one reply per line out, in completion order. Over-long lines
+ * are discarded as they stream in, never buffered whole. A client with too
+ * many requests outstanding is simply not read until replies drain.
  */
 #include <errno.h>
 #include <event2/buffer.h>
@@ -15,48 +17,32 @@
 
 #include "log.h"
 #include "methods.h"
-#include "server.h"
-
-/* Replies of one batch, collected until the last one arrives. */
-struct batch {
-    struct session *s;
-    struct evbuffer *out; /* replies so far, comma-separated */
-    unsigned pending;     /* replies still to come (+1 while the batch is being read) */
-    unsigned n_replies;
-    TAILQ_ENTRY(batch) link;
-};
-
-struct session {
-    struct server *srv;
-    uint64_t id;
-    struct bufferevent *bev;
-    TAILQ_ENTRY(session) link;
-    struct request_list requests;
-    unsigned n_requests;
-    TAILQ_HEAD(, batch) batches;
-    size_t scanned;   /* input bytes already searched for a newline */
-    size_t discarded; /* bytes dropped of the over-long line in progress */
-    bool discarding;  /* inside an over-long line */
-    bool read_eof;    /* the client shut its sending side */
-    bool read_paused; /* too many requests outstanding */
-    bool closing;
-};
+#include "metrics.h"
+#include "session.h"
 
 uint64_t session_id(const struct session *s)
 {
     return s->id;
 }
 
-static void session_write(struct session *s, const void *p, size_t n)
+void session_write(struct session *s, const void *p, size_t n)
 {
     if (!s->closing)
         evbuffer_add(bufferevent_get_output(s->bev), p, n);
 }
 
 /* Close once a finished client has been answered and everything is written. */
-static void session_maybe_done(struct session *s)
+void session_maybe_done(struct session *s)
 {
-    if (s->closing || s->n_requests || !TAILQ_EMPTY(&s->batches))
+    if (s->closing)
+        return;
+    if (s->ws_finished) {
+        /* The close handshake is over: nothing more can be sent. */
+        if (evbuffer_get_length(bufferevent_get_output(s->bev)) == 0)
+            session_close(s, "websocket closed");
+        return;
+    }
+    if (s->n_requests || !TAILQ_EMPTY(&s->batches) || s->http_busy)
         return;
     if (!s->read_eof && !s->srv->stopping)
         return;
@@ -64,9 +50,9 @@ static void session_maybe_done(struct session *s)
         session_close(s, s->read_eof ? "client finished" : "shutting down");
 }
 
-static void session_check_output(struct session *s)
+void session_check_output(struct session *s)
 {
-    size_t out = evbuffer_get_length(bufferevent_get_output(s->bev));
+    size_t out = evbuffer_get_length(bufferevent_get_output(s->bev)) + ws_session_queued(s);
     if (out > s->srv->cfg->client_max_output) {
         log_warn("session %llu: %zu unread reply bytes exceed client_max_output; disconnecting",
                  (unsigned long long)s->id, out);
@@ -89,12 +75,34 @@ static void batch_settle(struct batch *b)
     if (--b->pending)
         return;
     if (b->n_replies) {
-        session_write(s, "[", 1);
-        if (!s->closing)
-            evbuffer_add_buffer(bufferevent_get_output(s->bev), b->out);
-        session_write(s, "]\n", 2);
+        size_t n = evbuffer_get_length(b->out);
+        struct iovec parts[3] = {
+            {"[", 1},
+            {evbuffer_pullup(b->out, (ev_ssize_t)n), n},
+            {"]", 1},
+        };
+        session_emit(s, parts, 3);
     }
     batch_free(b);
+}
+
+void session_emit(struct session *s, const struct iovec *parts, int n)
+{
+    if (s->closing)
+        return;
+    switch (s->proto) {
+    case SESSION_PROTO_WS:
+        ws_session_emit(s, parts, n);
+        break;
+    case SESSION_PROTO_HTTP:
+        http_session_emit(s, parts, n);
+        break;
+    default:
+        for (int i = 0; i < n; i++)
+            session_write(s, parts[i].iov_base, parts[i].iov_len);
+        session_write(s, "\n", 1);
+        break;
+    }
     session_check_output(s);
 }
 
@@ -107,10 +115,7 @@ void session_deliver(struct session *s, struct batch *b, const struct iovec *par
             evbuffer_add(b->out, parts[i].iov_base, parts[i].iov_len);
         batch_settle(b);
     } else {
-        for (int i = 0; i < n; i++)
-            session_write(s, parts[i].iov_base, parts[i].iov_len);
-        session_write(s, "\n", 1);
-        session_check_output(s);
+        session_emit(s, parts, n);
     }
 }
 
@@ -144,12 +149,28 @@ void session_request_removed(struct session *s, struct request *r)
 {
     TAILQ_REMOVE(&s->requests, r, s_link);
     s->n_requests--;
-    if (!s->closing && s->read_paused && s->n_requests < s->srv->cfg->client_max_in_flight) {
+    if (s->read_paused && s->n_requests < s->srv->cfg->client_max_in_flight) {
         s->read_paused = false;
-        bufferevent_enable(s->bev, EV_READ);
-        /* Lines may already wait in the input buffer: look at them from the loop. */
-        bufferevent_trigger(s->bev, EV_READ, BEV_TRIG_IGNORE_WATERMARKS | BEV_TRIG_DEFER_CALLBACKS);
+        session_resume(s);
     }
+}
+
+/* Look at input again from the loop: it may already hold what was not read. */
+void session_resume(struct session *s)
+{
+    if (s->closing)
+        return;
+    bufferevent_enable(s->bev, EV_READ);
+    bufferevent_trigger(s->bev, EV_READ, BEV_TRIG_IGNORE_WATERMARKS | BEV_TRIG_DEFER_CALLBACKS);
+}
+
+/* An error subpool produces itself, counted for status and metrics. */
+static void session_reject(struct session *s, struct batch *b, const char *id, size_t id_len,
+                           unsigned slot, int code, const char *message)
+{
+    s->srv->stats.errors++;
+    metrics_count_error(s->srv->metrics, slot);
+    session_error(s, b, id, id_len, code, message);
 }
 
 /* Handle one JSON-RPC object (alone or a batch element). */
@@ -159,42 +180,46 @@ static void session_handle_msg(struct session *s, struct batch *b, const char *b
     struct server *srv = s->srv;
     const char *id = m->id.type ? buf + m->id.off : NULL;
     size_t id_len = m->id.type ? m->id.len : 0;
-    unsigned flags;
+    unsigned flags, slot = METRICS_METHOD_INVALID;
 
     srv->stats.requests++;
-    if (err == JSONRPC_PARSE_ERROR) {
-        srv->stats.errors++;
-        session_error(s, b, NULL, 0, JSONRPC_PARSE_ERROR, "Parse error");
-        return;
-    }
-    if (err < 0 || m->kind == JSONRPC_KIND_RESPONSE) {
-        srv->stats.errors++;
-        session_error(s, b, id, id_len, JSONRPC_INVALID_REQUEST, "Invalid request");
-        return;
-    }
-    if (m->kind == JSONRPC_KIND_NOTIFICATION) {
+    if (err == 0 && m->kind == JSONRPC_KIND_NOTIFICATION) {
         /* No id, so no reply is allowed; nodes ignore these too. */
         if (b)
             batch_settle(b);
         return;
     }
+    if (err == 0 && m->kind == JSONRPC_KIND_REQUEST)
+        slot = metrics_method(srv->metrics, buf + m->method.off + 1, m->method.len - 2);
+    metrics_count_request(srv->metrics, slot);
+    if (err == JSONRPC_PARSE_ERROR) {
+        session_reject(s, b, NULL, 0, slot, JSONRPC_PARSE_ERROR, "Parse error");
+        return;
+    }
+    if (err < 0 || m->kind == JSONRPC_KIND_RESPONSE) {
+        session_reject(s, b, id, id_len, slot, JSONRPC_INVALID_REQUEST, "Invalid request");
+        return;
+    }
     flags = method_flags(buf + m->method.off + 1, m->method.len - 2);
     if (srv->stopping) {
-        srv->stats.errors++;
-        session_error(s, b, id, id_len, SUBPOOL_ERR_SHUTDOWN, "subpoold is shutting down");
+        session_reject(s, b, id, id_len, slot, SUBPOOL_ERR_SHUTDOWN, "subpoold is shutting down");
         return;
     }
     if (flags & METHOD_LOCAL) {
         status_handle(srv, s, b, buf, m);
         return;
     }
-    if (flags & (METHOD_SUBSCRIBE | METHOD_UNSUBSCRIBE)) {
-        srv->stats.errors++;
-        session_error(s, b, id, id_len, SUBPOOL_ERR_REFUSED,
-                      "subscriptions are not supported by this version of subpoold");
+    if ((flags & (METHOD_SUBSCRIBE | METHOD_UNSUBSCRIBE)) && s->http_only) {
+        session_reject(s, b, id, id_len, slot, JSONRPC_METHOD_NOT_FOUND,
+                       "Subscriptions are not available on this transport; use a websocket");
         return;
     }
-    router_submit(srv->router, s, b, buf, m, flags);
+    if (flags & (METHOD_SUBSCRIBE | METHOD_UNSUBSCRIBE)) {
+        session_reject(s, b, id, id_len, slot, SUBPOOL_ERR_REFUSED,
+                       "subscriptions are not supported by this version of subpoold");
+        return;
+    }
+    router_submit(srv->router, s, b, buf, m, flags, slot);
 }
 
 static void session_handle_batch(struct session *s, const char *line, size_t len)
@@ -242,12 +267,12 @@ static void session_handle_batch(struct session *s, const char *line, size_t len
     batch_settle(b);
 }
 
-static void session_handle_line(struct session *s, const char *line, size_t len)
+void session_handle_text(struct session *s, const char *line, size_t len)
 {
     struct jsonrpc_msg m;
     size_t i = 0;
 
-    while (i < len && (line[i] == ' ' || line[i] == '\t' || line[i] == '\r'))
+    while (i < len && (line[i] == ' ' || line[i] == '\t' || line[i] == '\r' || line[i] == '\n'))
         i++;
     if (i == len)
         return; /* blank lines are keep-alives, not errors */
@@ -270,7 +295,7 @@ static void session_too_long(struct session *s, size_t len)
     session_error(s, NULL, NULL, 0, SUBPOOL_ERR_LIMIT, msg);
 }
 
-static void session_process(struct session *s)
+static void ndjson_input(struct session *s)
 {
     struct evbuffer *in = bufferevent_get_input(s->bev);
     size_t max = s->srv->cfg->max_request;
@@ -320,8 +345,49 @@ static void session_process(struct session *s)
             session_close(s, "out of memory");
             break;
         }
-        session_handle_line(s, line, line_len);
+        session_handle_text(s, line, line_len);
         evbuffer_drain(in, line_len + eol_len);
+    }
+}
+
+void session_set_proto(struct session *s, enum session_proto proto)
+{
+    s->srv->stats.clients_by_proto[s->proto]--;
+    s->proto = proto;
+    s->srv->stats.clients_by_proto[proto]++;
+}
+
+/* The framing follows from the first byte: JSON is NDJSON, a letter starts an HTTP head. */
+static void session_detect(struct session *s)
+{
+    struct evbuffer *in = bufferevent_get_input(s->bev);
+    unsigned char c;
+
+    if (evbuffer_copyout(in, &c, 1) != 1)
+        return;
+    if (c >= 'A' && c <= 'Z') {
+        http_session_detect(s);
+        return;
+    }
+    session_set_proto(s, SESSION_PROTO_NDJSON);
+}
+
+static void session_process(struct session *s)
+{
+    if (s->proto == SESSION_PROTO_DETECT)
+        session_detect(s);
+    switch (s->proto) {
+    case SESSION_PROTO_NDJSON:
+        ndjson_input(s);
+        break;
+    case SESSION_PROTO_WS:
+        ws_session_input(s);
+        break;
+    case SESSION_PROTO_HTTP:
+        http_session_input(s);
+        break;
+    default:
+        break;
     }
     session_maybe_done(s);
 }
@@ -356,7 +422,22 @@ static void session_event_cb(struct bufferevent *bev, short what, void *arg)
     }
 }
 
-struct session *session_new(struct server *srv, int fd)
+/* Byte counters for /metrics: what the socket delivered and what it took. */
+static void count_in_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    struct server *srv = arg;
+    (void)buf;
+    srv->stats.bytes_in += info->n_added;
+}
+
+static void count_out_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    struct server *srv = arg;
+    (void)buf;
+    srv->stats.bytes_out += info->n_deleted;
+}
+
+struct session *session_new(struct server *srv, int fd, bool tcp)
 {
     struct session *s = calloc(1, sizeof(*s));
 
@@ -371,10 +452,14 @@ struct session *session_new(struct server *srv, int fd)
     s->id = ++srv->next_session_id;
     TAILQ_INIT(&s->requests);
     TAILQ_INIT(&s->batches);
+    s->tcp = tcp;
+    evbuffer_add_cb(bufferevent_get_input(s->bev), count_in_cb, srv);
+    evbuffer_add_cb(bufferevent_get_output(s->bev), count_out_cb, srv);
     bufferevent_setcb(s->bev, session_read_cb, session_write_cb, session_event_cb, s);
     bufferevent_enable(s->bev, EV_READ | EV_WRITE);
     TAILQ_INSERT_TAIL(&srv->sessions, s, link);
     srv->n_sessions++;
+    srv->stats.clients_by_proto[SESSION_PROTO_DETECT]++;
     log_debug("session %llu: connected", (unsigned long long)s->id);
     return s;
 }
@@ -424,6 +509,7 @@ void session_close(struct session *s, const char *why)
     bufferevent_disable(s->bev, EV_READ | EV_WRITE);
     TAILQ_REMOVE(&srv->sessions, s, link);
     srv->n_sessions--;
+    srv->stats.clients_by_proto[s->proto]--;
     TAILQ_INSERT_TAIL(&srv->closing, s, link);
     event_active(srv->reaper, 0, 0);
 }
@@ -432,6 +518,7 @@ void session_free(struct session *s)
 {
     if (!s)
         return;
+    ws_session_free(s);
     bufferevent_free(s->bev);
     free(s);
 }

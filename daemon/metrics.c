@@ -1,0 +1,216 @@
+/*
+ * Prometheus text exposition of what subpoold does: requests, errors and
+ * latency by method, upstream state, clients by protocol, queue depth and
+ * bytes. Rendering happens only when scraped; counting is a few additions.
+ */
+#include "metrics.h"
+
+#include <event2/buffer.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "session.h"
+#include "upstream.h"
+
+#define METHOD_SLOTS 512 /* hash slots; at most half are used */
+#define METHOD_MAX   256 /* distinct names kept, the rest are "(other)" */
+
+static const double bucket_le[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                   0.05,   0.1,     0.25,   0.5,   1,      2.5,   5,    10};
+#define N_BUCKETS (sizeof(bucket_le) / sizeof(bucket_le[0]))
+
+struct method_stat {
+    char *name;
+    size_t len;
+    uint64_t requests;
+    uint64_t errors;
+};
+
+struct metrics {
+    struct method_stat methods[METHOD_MAX + 2]; /* [0] invalid, [METHOD_MAX + 1] other */
+    unsigned n_methods;
+    uint16_t slots[METHOD_SLOTS]; /* hash -> index into methods, 0 = empty */
+    uint64_t buckets[N_BUCKETS];
+    uint64_t count;
+    double sum;
+};
+
+struct metrics *metrics_new(void)
+{
+    struct metrics *m = calloc(1, sizeof(*m));
+    if (!m)
+        return NULL;
+    m->methods[0].name = NULL;
+    m->n_methods = 1;
+    return m;
+}
+
+struct metrics *metrics_free(struct metrics *m)
+{
+    if (!m)
+        return NULL;
+    for (unsigned i = 0; i < m->n_methods; i++)
+        free(m->methods[i].name);
+    free(m);
+    return NULL;
+}
+
+static uint32_t hash(const char *p, size_t len)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (unsigned char)p[i]) * 16777619u;
+    return h;
+}
+
+unsigned metrics_method(struct metrics *m, const char *name, size_t len)
+{
+    uint32_t i = hash(name, len) & (METHOD_SLOTS - 1);
+
+    for (;; i = (i + 1) & (METHOD_SLOTS - 1)) {
+        unsigned k = m->slots[i];
+        if (!k)
+            break;
+        if (m->methods[k].len == len && memcmp(m->methods[k].name, name, len) == 0)
+            return k;
+    }
+    if (m->n_methods > METHOD_MAX)
+        return METHOD_MAX + 1;
+    struct method_stat *st = &m->methods[m->n_methods];
+    st->name = malloc(len + 1);
+    if (!st->name)
+        return METHOD_MAX + 1;
+    memcpy(st->name, name, len);
+    st->name[len] = '\0';
+    st->len = len;
+    m->slots[i] = (uint16_t)m->n_methods;
+    return m->n_methods++;
+}
+
+void metrics_count_request(struct metrics *m, unsigned slot)
+{
+    m->methods[slot].requests++;
+}
+
+void metrics_count_error(struct metrics *m, unsigned slot)
+{
+    m->methods[slot].errors++;
+}
+
+void metrics_observe(struct metrics *m, uint64_t ns)
+{
+    double s = (double)ns / 1e9;
+    for (size_t i = 0; i < N_BUCKETS; i++)
+        if (s <= bucket_le[i])
+            m->buckets[i]++;
+    m->count++;
+    m->sum += s;
+}
+
+/* A label value: backslash, quote and newline escaped as the format requires. */
+static void add_label(struct evbuffer *out, const char *p, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        if (p[i] == '\\' || p[i] == '"')
+            evbuffer_add_printf(out, "\\%c", p[i]);
+        else if (p[i] == '\n')
+            evbuffer_add(out, "\\n", 2);
+        else
+            evbuffer_add(out, &p[i], 1);
+    }
+}
+
+static const char *method_name(const struct metrics *m, unsigned k, size_t *ret_len)
+{
+    const char *name = k == 0 ? "(invalid)" : k == METHOD_MAX + 1 ? "(other)" : m->methods[k].name;
+    *ret_len = k == 0 || k == METHOD_MAX + 1 ? strlen(name) : m->methods[k].len;
+    return name;
+}
+
+static void render_methods(const struct metrics *m, struct evbuffer *out, const char *metric,
+                           const char *help, int errors)
+{
+    evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s counter\n", metric, help, metric);
+    for (unsigned k = 0; k <= METHOD_MAX + 1; k++) {
+        const struct method_stat *st = &m->methods[k];
+        uint64_t v = errors ? st->errors : st->requests;
+        size_t len;
+        const char *name;
+        if (k >= m->n_methods && k != METHOD_MAX + 1)
+            continue;
+        if (!v)
+            continue;
+        name = method_name(m, k, &len);
+        evbuffer_add_printf(out, "%s{method=\"", metric);
+        add_label(out, name, len);
+        evbuffer_add_printf(out, "\"} %llu\n", (unsigned long long)v);
+    }
+}
+
+void metrics_render(struct server *srv, struct evbuffer *out)
+{
+    const struct metrics *m = srv->metrics;
+    static const char *const proto_names[] = {"detecting", "ndjson", "websocket", "http"};
+    struct pool *p = srv->pool;
+    uint64_t cum = 0;
+
+    render_methods(m, out, "subpool_requests_total", "Client requests by method.", 0);
+    render_methods(m, out, "subpool_request_errors_total",
+                   "Error replies by method, from the node or from subpool.", 1);
+    evbuffer_add_printf(out, "# HELP subpool_request_duration_seconds Time from a request's "
+                             "arrival to its reply, for requests sent to a node.\n"
+                             "# TYPE subpool_request_duration_seconds histogram\n");
+    for (size_t i = 0; i < N_BUCKETS; i++) {
+        cum = m->buckets[i];
+        evbuffer_add_printf(out, "subpool_request_duration_seconds_bucket{le=\"%g\"} %llu\n",
+                            bucket_le[i], (unsigned long long)cum);
+    }
+    evbuffer_add_printf(out,
+                        "subpool_request_duration_seconds_bucket{le=\"+Inf\"} %llu\n"
+                        "subpool_request_duration_seconds_sum %.9f\n"
+                        "subpool_request_duration_seconds_count %llu\n",
+                        (unsigned long long)m->count, m->sum, (unsigned long long)m->count);
+
+    evbuffer_add_printf(out, "# HELP subpool_upstream_up Whether the upstream websocket is "
+                             "ready (1) or not (0).\n# TYPE subpool_upstream_up gauge\n");
+    for (unsigned i = 0; i < p->n; i++) {
+        const char *url = upstream_url(p->members[i].u);
+        evbuffer_add_printf(out, "subpool_upstream_up{upstream=\"%u\",endpoint=\"", i);
+        add_label(out, url, strlen(url));
+        evbuffer_add_printf(out, "\"} %d\n",
+                            upstream_state(p->members[i].u) == UPSTREAM_STATE_READY);
+    }
+    evbuffer_add_printf(out, "# HELP subpool_upstream_reconnects_total Times the upstream was "
+                             "lost after being ready.\n"
+                             "# TYPE subpool_upstream_reconnects_total counter\n");
+    for (unsigned i = 0; i < p->n; i++)
+        evbuffer_add_printf(out, "subpool_upstream_reconnects_total{upstream=\"%u\"} %llu\n", i,
+                            (unsigned long long)upstream_reconnects(p->members[i].u));
+    evbuffer_add_printf(out, "# HELP subpool_upstream_in_flight Requests sent on the upstream "
+                             "and not yet answered.\n# TYPE subpool_upstream_in_flight gauge\n");
+    for (unsigned i = 0; i < p->n; i++)
+        evbuffer_add_printf(out, "subpool_upstream_in_flight{upstream=\"%u\"} %u\n", i,
+                            p->members[i].in_flight);
+
+    evbuffer_add_printf(out, "# HELP subpool_clients Local connections by protocol.\n"
+                             "# TYPE subpool_clients gauge\n");
+    for (int i = 0; i < SESSION_PROTO_COUNT; i++)
+        evbuffer_add_printf(out, "subpool_clients{protocol=\"%s\"} %u\n", proto_names[i],
+                            srv->stats.clients_by_proto[i]);
+    evbuffer_add_printf(
+        out,
+        "# HELP subpool_subscriptions Subscriptions held for clients.\n"
+        "# TYPE subpool_subscriptions gauge\nsubpool_subscriptions 0\n"
+        "# HELP subpool_queue_depth Requests waiting for an upstream.\n"
+        "# TYPE subpool_queue_depth gauge\nsubpool_queue_depth %zu\n"
+        "# HELP subpool_client_received_bytes_total Bytes read from local clients.\n"
+        "# TYPE subpool_client_received_bytes_total counter\n"
+        "subpool_client_received_bytes_total %llu\n"
+        "# HELP subpool_client_sent_bytes_total Bytes written to local clients.\n"
+        "# TYPE subpool_client_sent_bytes_total counter\nsubpool_client_sent_bytes_total %llu\n"
+        "# HELP subpool_connections_accepted_total Local connections accepted.\n"
+        "# TYPE subpool_connections_accepted_total counter\n"
+        "subpool_connections_accepted_total %llu\n",
+        srv->router->n_queued, (unsigned long long)srv->stats.bytes_in,
+        (unsigned long long)srv->stats.bytes_out, (unsigned long long)srv->stats.accepted);
+}

@@ -1,0 +1,23 @@
+/*
+ * Counters for GET /metrics that the stats struct does not hold: requests
+ * and errors by method and the latency of routed requests. Method names
+ * come from clients, so the table is bounded; names past the bound are
+ * counted as "(other)".
+ */
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct server;
+struct metrics;
+
+#define METRICS_METHOD_INVALID 0 /* a message that never named a valid method */
+
+struct metrics *metrics_new(void);
+struct metrics *metrics_free(struct metrics *m);
+/* The slot counting this method name (bytes without quotes). */
+unsigned metrics_method(struct metrics *m, const char *name, size_t len);
+void metrics_count_request(struct metrics *m, unsigned slot);
+void metrics_count_error(struct metrics *m, unsigned slot);
+void metrics_observe(struct metrics *m, uint64_t ns);
