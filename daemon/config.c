@@ -11,7 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
+#include "networks.h"
 #include "url.h"
 
 enum config_type {
@@ -42,8 +44,9 @@ static const struct config_key config_keys[] = {
      "path of the local Unix socket clients connect to"},
     {"socket_mode", CONFIG_MODE, OFF(socket_mode), 0, 0777, "0660",
      "permissions of the socket file"},
-    {"upstream", CONFIG_UPSTREAM, OFF(upstreams), 0, 0, "ws://127.0.0.1:9944",
-     "node endpoint URL; repeat the key for several endpoints"},
+    {"upstream", CONFIG_UPSTREAM, OFF(upstreams), 0, 0, "finney",
+     "node endpoint: a ws:// or wss:// URL or a network name (finney, test, archive, local, "
+     "latent-lite); repeat for fallbacks, in priority order"},
     {"pool_size", CONFIG_UINT, OFF(pool_size), 1, 64, "2",
      "websockets kept open to the nodes, spread over the endpoints"},
     {"max_in_flight", CONFIG_UINT, OFF(max_in_flight), 1, 65536, "256",
@@ -56,12 +59,16 @@ static const struct config_key config_keys[] = {
      "largest message accepted from a node; larger replies become an error"},
     {"max_request", CONFIG_SIZE, OFF(max_request), 1024, (uint64_t)1 << 32, "16M",
      "largest request line accepted from a client"},
+    {"max_subs_per_upstream", CONFIG_UINT, OFF(max_subs_per_upstream), 1, 100000, "1024",
+     "upstream subscriptions on one websocket (Substrate's default cap)"},
     {"max_batch", CONFIG_UINT, OFF(max_batch), 1, 100000, "1000",
      "most calls in one batch request"},
     {"max_clients", CONFIG_UINT, OFF(max_clients), 1, 1000000, "16384",
      "local connections accepted at once"},
     {"client_max_in_flight", CONFIG_UINT, OFF(client_max_in_flight), 1, 1000000, "1024",
      "outstanding requests per client before its socket is no longer read"},
+    {"client_max_pending", CONFIG_SIZE, OFF(client_max_pending), 65536, (uint64_t)1 << 36, "64M",
+     "request bytes a client may have outstanding before its socket is no longer read"},
     {"client_max_output", CONFIG_SIZE, OFF(client_max_output), 65536, (uint64_t)1 << 36, "256M",
      "unread reply bytes a client may hold before it is disconnected"},
     {"connect_timeout", CONFIG_DURATION, OFF(connect_timeout_ms), 100, 600000, "10s",
@@ -74,6 +81,15 @@ static const struct config_key config_keys[] = {
      "first delay before reconnecting a lost upstream"},
     {"reconnect_max", CONFIG_DURATION, OFF(backoff_max_ms), 10, 3600000, "30s",
      "cap of the doubling reconnect delay (jittered)"},
+    {"close_timeout", CONFIG_DURATION, OFF(close_timeout_ms), 0, 60000, "2s",
+     "how long a closing upstream waits for the node's close frame"},
+    {"tls_ca_file", CONFIG_OPTSTRING, OFF(tls_ca_file), 0, 0, "\"\"",
+     "PEM file of the CAs trusted for wss://; empty: the system's trust store"},
+    {"health_interval", CONFIG_DURATION, OFF(health_interval_ms), 100, 3600000, "10s",
+     "how often each upstream is asked for its best block (chain_getHeader)"},
+    {"stale_block_timeout", CONFIG_DURATION, OFF(stale_block_timeout_ms), 0, 86400000, "60s",
+     "an upstream whose best block stays behind this long while another advances is "
+     "taken out of rotation; 0 disables (off with a single endpoint)"},
     {"shutdown_timeout", CONFIG_DURATION, OFF(shutdown_timeout_ms), 0, 600000, "10s",
      "on SIGTERM, how long in-flight requests may take to finish"},
     {"log_level", CONFIG_LOGLEVEL, OFF(log_level), 0, 0, "info", "error, warn, info or debug"},
@@ -189,6 +205,7 @@ struct config *config_free(struct config *cfg)
     free(cfg->socket_path);
     free(cfg->tcp_listen);
     free(cfg->allowed_origins);
+    free(cfg->tls_ca_file);
     for (unsigned i = 0; i < cfg->n_upstreams; i++)
         free(cfg->upstreams[i]);
     free(cfg);
@@ -199,14 +216,21 @@ static int set_upstream(struct config *cfg, const char *value, char *err, size_t
 {
     struct url u;
     const char *cause = NULL;
+    const char *url = network_url(value);
     char *copy;
 
-    if (url_parse(value, &u, &cause) < 0) {
-        snprintf(err, errlen, "upstream: invalid URL \"%s\": %s", value, cause ? cause : "");
+    /* A network name stands for its URL; status and logs name it again (network_name_of). */
+    if (!url && !strstr(value, "://")) {
+        snprintf(err, errlen,
+                 "upstream: \"%s\" is neither a ws:// or wss:// URL nor a network name "
+                 "(finney, test, archive, local, latent-lite)",
+                 value);
         return -1;
     }
-    if (u.tls) {
-        snprintf(err, errlen, "upstream: \"%s\": wss:// is not supported by this build yet", value);
+    if (!url)
+        url = value;
+    if (url_parse(url, &u, &cause) < 0) {
+        snprintf(err, errlen, "upstream: invalid URL \"%s\": %s", value, cause ? cause : "");
         return -1;
     }
     if (cfg->upstreams_default) {
@@ -219,7 +243,13 @@ static int set_upstream(struct config *cfg, const char *value, char *err, size_t
         snprintf(err, errlen, "upstream: at most %d endpoints", CONFIG_MAX_UPSTREAMS);
         return -1;
     }
-    copy = strdup(value);
+    for (unsigned i = 0; i < cfg->n_upstreams; i++) {
+        if (strcmp(cfg->upstreams[i], url) == 0) {
+            snprintf(err, errlen, "upstream: \"%s\" is listed twice", value);
+            return -1;
+        }
+    }
+    copy = strdup(url);
     if (!copy) {
         snprintf(err, errlen, "out of memory");
         return -1;
@@ -335,12 +365,30 @@ struct file_reader {
 };
 
 /* inih reads through this so the handler always knows the current line number. */
+/*
+ * inih reads through this so the handler always knows the current line
+ * number. Two inih habits are turned off here: an indented line would
+ * continue the previous key's value, and a line longer than its buffer
+ * would be cut and its tail read as a line of its own.
+ */
 static char *reader_gets(char *str, int num, void *stream)
 {
     struct file_reader *fr = stream;
     char *r = fgets(str, num, fr->f);
-    if (r)
-        fr->line++;
+    size_t n, skip = 0;
+
+    if (!r || fr->err_line)
+        return NULL;
+    fr->line++;
+    n = strlen(str);
+    if (n == (size_t)num - 1 && str[n - 1] != '\n' && !feof(fr->f)) {
+        fr->err_line = fr->line;
+        snprintf(fr->msg, sizeof(fr->msg), "line longer than %d characters", num - 2);
+        return NULL;
+    }
+    while (str[skip] == ' ' || str[skip] == '\t')
+        skip++;
+    memmove(str, str + skip, n - skip + 1);
     return r;
 }
 
@@ -390,6 +438,10 @@ int config_load_file(struct config *cfg, const char *path, char *err, size_t err
 
 int config_validate(const struct config *cfg, char *err, size_t errlen)
 {
+    if (cfg->socket_path[0] != '/') {
+        snprintf(err, errlen, "socket: \"%s\" must be an absolute path", cfg->socket_path);
+        return -1;
+    }
     if (cfg->n_upstreams == 0) {
         snprintf(err, errlen, "upstream: at least one endpoint is needed");
         return -1;
@@ -401,6 +453,18 @@ int config_validate(const struct config *cfg, char *err, size_t errlen)
     }
     if (strlen(cfg->socket_path) >= 108) {
         snprintf(err, errlen, "socket: path longer than a Unix socket allows (107 bytes)");
+        return -1;
+    }
+    if (cfg->tls_ca_file[0] && access(cfg->tls_ca_file, R_OK) != 0) {
+        snprintf(err, errlen, "tls_ca_file: %s: %s", cfg->tls_ca_file, strerror(errno));
+        return -1;
+    }
+    /* Best blocks are only seen every health_interval: a shorter window would misjudge. */
+    if (cfg->n_upstreams > 1 && cfg->stale_block_timeout_ms &&
+        cfg->stale_block_timeout_ms < 2 * (uint64_t)cfg->health_interval_ms) {
+        snprintf(err, errlen,
+                 "stale_block_timeout (%ums) must be 0 or at least twice health_interval (%ums)",
+                 cfg->stale_block_timeout_ms, cfg->health_interval_ms);
         return -1;
     }
     return 0;

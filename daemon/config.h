@@ -26,14 +26,20 @@ struct config {
     uint64_t max_message;
     uint64_t max_request;
     unsigned max_batch;
+    unsigned max_subs_per_upstream;
     unsigned max_clients;
     unsigned client_max_in_flight;
     uint64_t client_max_output;
+    uint64_t client_max_pending;
     unsigned connect_timeout_ms;
     unsigned ping_interval_ms;
     unsigned pong_timeout_ms;
     unsigned backoff_min_ms;
     unsigned backoff_max_ms;
+    unsigned close_timeout_ms;
+    char *tls_ca_file; /* "" for the system store */
+    unsigned health_interval_ms;
+    unsigned stale_block_timeout_ms; /* 0: off */
     unsigned shutdown_timeout_ms;
     enum log_level log_level;
     char *tcp_listen; /* "" when off */

@@ -182,8 +182,11 @@ static int parse_head(struct session *s, struct http_head *h)
         if (s->proto == SESSION_PROTO_DETECT)
             session_set_proto(s, SESSION_PROTO_HTTP);
         log_info("session %llu: refused a malformed HTTP request head", (unsigned long long)s->id);
-        respond_text(s, r == -2 || want > HTTP_MAX_HEAD ? 431 : 400, "malformed request head",
-                     true);
+        /* At the size limit the head is refused for its size, not its form. */
+        if (r == -2 || want >= HTTP_MAX_HEAD)
+            respond_text(s, 431, "request head larger than 16 KiB", true);
+        else
+            respond_text(s, 400, "malformed request head", true);
         evbuffer_drain(in, len);
         return -1;
     }
@@ -207,15 +210,15 @@ void http_session_detect(struct session *s)
         session_set_proto(s, SESSION_PROTO_HTTP);
         return; /* http_session_input takes the same head from the buffer */
     }
-    session_set_proto(s, SESSION_PROTO_WS);
     status = check_browser(s, &h, &why);
     if (status) {
         log_info("session %llu: refused a websocket upgrade: %s", (unsigned long long)s->id, why);
-        s->proto = SESSION_PROTO_HTTP; /* answer in HTTP; still counted as a websocket client */
+        session_set_proto(s, SESSION_PROTO_HTTP); /* the refusal is an HTTP response */
         respond_text(s, status, why, true);
         evbuffer_drain(bufferevent_get_input(s->bev), h.head_len);
         return;
     }
+    session_set_proto(s, SESSION_PROTO_WS);
     if (ws_session_upgrade(s, &h) < 0) {
         s->read_eof = true;
         bufferevent_disable(s->bev, EV_READ);
@@ -309,8 +312,17 @@ static bool serve_one(struct session *s, const struct http_head *h)
             respond_text(s, 413, "body exceeds max_request", true);
             return true;
         }
-        if (evbuffer_get_length(in) < h->head_len + (size_t)cl)
+        if (evbuffer_get_length(in) < h->head_len + (size_t)cl) {
+            const struct http_str *expect = http_header(h, "Expect");
+            /* curl and others wait for this before sending a large body. */
+            if (expect && http_has_token(expect, "100-continue") && !s->http_continued) {
+                static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+                session_write(s, cont, sizeof(cont) - 1);
+                s->http_continued = true;
+            }
             return false;
+        }
+        s->http_continued = false;
         body = malloc((size_t)cl + 1);
         if (!body) {
             respond_text(s, 503, "out of memory", true);
@@ -331,12 +343,16 @@ static bool serve_one(struct session *s, const struct http_head *h)
     /* No body is expected from here on; skip one if sent. */
     if (cl > 0 && evbuffer_get_length(in) < h->head_len + (size_t)cl)
         return false;
+    /* Route before draining: the head's strings point into the input buffer. */
+    bool get = str_is(&h->method, "GET");
+    bool health = str_is(&path, "/health"), metrics = str_is(&path, "/metrics");
+    bool known = health || metrics || str_is(&path, "/");
     evbuffer_drain(in, h->head_len + (size_t)(cl > 0 ? cl : 0));
-    if (str_is(&h->method, "GET") && str_is(&path, "/health"))
+    if (get && health)
         serve_health(s);
-    else if (str_is(&h->method, "GET") && str_is(&path, "/metrics"))
+    else if (get && metrics)
         serve_metrics(s);
-    else if (str_is(&path, "/") || str_is(&path, "/health") || str_is(&path, "/metrics"))
+    else if (known)
         respond_text(s, 405, "use POST / for JSON-RPC, GET /health or GET /metrics", false);
     else
         respond_text(s, 404, "not found", false);

@@ -8,11 +8,13 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <event2/listener.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -27,7 +29,8 @@ struct listener {
     struct event *resume; /* re-enables accept after EMFILE */
     char *path;           /* Unix socket path, or the TCP address as given */
     bool tcp;
-    dev_t dev; /* to unlink only our own file at exit */
+    int lock_fd; /* flock on PATH.lock for the daemon's life; -1 for TCP */
+    dev_t dev;   /* to unlink only our own file at exit */
     ino_t ino;
 };
 
@@ -99,13 +102,16 @@ static int check_stale(const char *path, char *err, size_t errlen)
         snprintf(err, errlen, "%s exists and is not a socket; refusing to replace it", path);
         return -1;
     }
-    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    /* Non-blocking: a live daemon with a full backlog answers EAGAIN instead of hanging us. */
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0) {
         snprintf(err, errlen, "socket: %s", strerror(errno));
         return -1;
     }
     memcpy(sa.sun_path, path, strlen(path) + 1);
     r = connect(fd, (struct sockaddr *)&sa, sizeof(sa));
+    if (r < 0 && errno == EAGAIN)
+        r = 0;
     close(fd);
     if (r == 0) {
         snprintf(err, errlen, "%s: another subpoold is listening there", path);
@@ -131,7 +137,10 @@ struct listener *listener_new(struct server *srv, const char *path, unsigned mod
     struct stat st;
     mode_t old_mask;
     int fd = -1;
+    char lock_path[sizeof(sa.sun_path) + 8];
 
+    if (l)
+        l->lock_fd = -1;
     if (!l || !(l->path = strdup(path))) {
         snprintf(err, errlen, "out of memory");
         goto fail;
@@ -139,6 +148,25 @@ struct listener *listener_new(struct server *srv, const char *path, unsigned mod
     l->srv = srv;
     if (strlen(path) >= sizeof(sa.sun_path)) {
         snprintf(err, errlen, "%s: path too long for a Unix socket", path);
+        goto fail;
+    }
+    /*
+     * Checking for a stale file and binding are two steps: two daemons
+     * starting together could each replace the other's socket. A lock held
+     * for the daemon's life makes the pair atomic.
+     */
+    if (snprintf(lock_path, sizeof(lock_path), "%s.lock", path) >= (int)sizeof(lock_path)) {
+        snprintf(err, errlen, "%s: path too long", path);
+        goto fail;
+    }
+    l->lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (l->lock_fd < 0) {
+        snprintf(err, errlen, "%s: %s", lock_path, strerror(errno));
+        goto fail;
+    }
+    if (flock(l->lock_fd, LOCK_EX | LOCK_NB) < 0) {
+        snprintf(err, errlen, "%s: another subpoold is listening there (it holds %s)", path,
+                 lock_path);
         goto fail;
     }
     if (check_stale(path, err, errlen) < 0)
@@ -186,6 +214,8 @@ fail:
     if (l) {
         if (l->evl)
             evconnlistener_free(l->evl);
+        if (l->lock_fd >= 0)
+            close(l->lock_fd);
         free(l->path);
         free(l);
     }
@@ -218,6 +248,7 @@ struct listener *listener_new_tcp(struct server *srv, const char *addr, bool all
     }
     l->srv = srv;
     l->tcp = true;
+    l->lock_fd = -1;
     if (evutil_parse_sockaddr_port(addr, (struct sockaddr *)&ss, &sslen) < 0 ||
         !strchr(addr, ':')) {
         snprintf(err, errlen,
@@ -275,6 +306,8 @@ struct listener *listener_free(struct listener *l)
     /* Remove the file only if it is still ours (a new daemon may have replaced it). */
     if (!l->tcp && stat(l->path, &st) == 0 && st.st_dev == l->dev && st.st_ino == l->ino)
         unlink(l->path);
+    if (l->lock_fd >= 0)
+        close(l->lock_fd); /* the lock file stays: removing it would race the next daemon */
     free(l->path);
     free(l);
     return NULL;

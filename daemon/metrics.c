@@ -199,8 +199,8 @@ void metrics_render(struct server *srv, struct evbuffer *out)
                             srv->stats.clients_by_proto[i]);
     evbuffer_add_printf(
         out,
-        "# HELP subpool_subscriptions Subscriptions held for clients.\n"
-        "# TYPE subpool_subscriptions gauge\nsubpool_subscriptions 0\n"
+        "# HELP subpool_subscriptions Upstream subscriptions held for clients.\n"
+        "# TYPE subpool_subscriptions gauge\nsubpool_subscriptions %u\n"
         "# HELP subpool_queue_depth Requests waiting for an upstream.\n"
         "# TYPE subpool_queue_depth gauge\nsubpool_queue_depth %zu\n"
         "# HELP subpool_client_received_bytes_total Bytes read from local clients.\n"
@@ -211,6 +211,6 @@ void metrics_render(struct server *srv, struct evbuffer *out)
         "# HELP subpool_connections_accepted_total Local connections accepted.\n"
         "# TYPE subpool_connections_accepted_total counter\n"
         "subpool_connections_accepted_total %llu\n",
-        srv->router->n_queued, (unsigned long long)srv->stats.bytes_in,
+        srv->n_subs, srv->router->n_queued, (unsigned long long)srv->stats.bytes_in,
         (unsigned long long)srv->stats.bytes_out, (unsigned long long)srv->stats.accepted);
 }

@@ -14,6 +14,7 @@
 #include "methods.h"
 #include "metrics.h"
 #include "server.h"
+#include "subs.h"
 #include "upstream.h"
 
 #define TABLE_MIN 1024
@@ -116,6 +117,8 @@ static void request_fail(struct router *rt, struct request *r, int code, const c
         rt->srv->stats.errors++;
         metrics_count_error(rt->srv->metrics, r->method_slot);
         session_error(s, b, r->orig_id, r->orig_id_len, code, message);
+    } else if (r->done) {
+        r->done(r->done_ctx, NULL, NULL, 0, NULL, code, message);
     }
     request_free(r);
 }
@@ -163,6 +166,8 @@ struct router *router_new(struct server *srv)
     rt->table = calloc(rt->table_size, sizeof(*rt->table));
     rt->dispatch = event_new(srv->base, -1, 0, dispatch_cb, rt);
     if (!rt->table || !rt->dispatch) {
+        if (rt->dispatch)
+            event_free(rt->dispatch);
         free(rt->table);
         free(rt);
         return NULL;
@@ -201,7 +206,19 @@ struct router *router_free(struct router *rt)
 /* Put r on an upstream; false when none can take it. */
 static bool request_send(struct router *rt, struct request *r)
 {
-    struct pool_member *m = pool_pick(rt->srv->pool);
+    struct pool_member *m;
+
+    switch (r->pick) {
+    case REQUEST_PICK_SUBS:
+        m = pool_pick_sub(rt->srv->pool);
+        break;
+    case REQUEST_PICK_TARGET:
+        m = upstream_state(r->target->u) == UPSTREAM_STATE_READY ? r->target : NULL;
+        break;
+    default:
+        m = pool_pick(rt->srv->pool);
+        break;
+    }
 
     if (!m)
         return false;
@@ -302,15 +319,25 @@ fail:
 
 void router_forget(struct router *rt, struct request *r)
 {
-    if (r->queued || !r->member) {
+    /* While stopping, nobody waits for the reply: drop it so shutdown need not wait. */
+    if (r->queued || (r->member && rt->srv->stopping)) {
         request_unlink(rt, r);
         request_free(r);
         return;
     }
-    /* Sent: keep the entry so the reply is recognised and dropped, and the slot counted. */
+    /*
+     * Sent: keep the entry so the reply is recognised and dropped, and the
+     * slot counted. Neither sent nor queued: it is on a list being walked
+     * (a retry after an upstream loss), whose owner frees it.
+     */
     session_request_removed(r->session, r);
     r->session = NULL;
     r->batch = NULL;
+    free(r->wire);
+    r->wire = NULL;
+    r->wire_len = 0;
+    free(r->orig_id);
+    r->orig_id = NULL;
 }
 
 void router_on_message(struct router *rt, struct pool_member *m, const char *msg, size_t len)
@@ -326,7 +353,7 @@ void router_on_message(struct router *rt, struct pool_member *m, const char *msg
         return;
     }
     if (jm.kind != JSONRPC_KIND_RESPONSE) {
-        log_debug("upstream %u: dropped a notification (%zu bytes)", m->index, len);
+        subs_on_notification(rt->srv, m, msg, len, &jm);
         return;
     }
     if (jm.id.type != JSON_NUMBER || !json_to_u64(msg, &jm.id, &uid) ||
@@ -334,7 +361,13 @@ void router_on_message(struct router *rt, struct pool_member *m, const char *msg
         log_debug("upstream %u: reply for an unknown or expired id", m->index);
         return;
     }
-    if (r->session) {
+    if (r->done) {
+        request_done_fn *done = r->done;
+        void *ctx = r->done_ctx;
+        request_unlink(rt, r);
+        request_free(r);
+        done(ctx, m, msg, len, &jm, 0, NULL);
+    } else if (r->session) {
         struct iovec parts[3] = {
             {(void *)(msg + jm.whole.off), jm.id.off - jm.whole.off},
             {r->orig_id, r->orig_id_len},
@@ -349,10 +382,11 @@ void router_on_message(struct router *rt, struct pool_member *m, const char *msg
             metrics_count_error(rt->srv->metrics, r->method_slot);
         metrics_observe(rt->srv->metrics, now_ns() - r->start_ns);
         session_deliver(s, b, parts, 3);
+        request_free(r);
     } else {
         request_unlink(rt, r);
+        request_free(r);
     }
-    request_free(r);
     router_dispatch(rt);
     server_maybe_finish(rt->srv);
 }
@@ -388,8 +422,11 @@ void router_on_lost(struct router *rt, struct pool_member *m, const char *reason
         m->in_flight--;
         table_remove(rt, r);
         r->member = NULL;
-        if (!r->session) {
+        if (!r->session && !r->done) {
             request_free(r);
+        } else if (r->pick == REQUEST_PICK_TARGET) {
+            request_fail(rt, r, SUBPOOL_ERR_UPSTREAM_LOST, "upstream connection lost");
+            n_failed++;
         } else if (r->flags & METHOD_WRITE) {
             request_fail(rt, r, SUBPOOL_ERR_UNKNOWN_WRITE,
                          "upstream connection lost while this write was in flight; "
@@ -408,12 +445,82 @@ void router_on_lost(struct router *rt, struct pool_member *m, const char *reason
     /* Retries go first, in their original order. */
     while ((r = TAILQ_LAST(&retry, request_list))) {
         TAILQ_REMOVE(&retry, r, q_link);
-        queue_push(rt, r, true);
+        if (r->session || r->done)
+            queue_push(rt, r, true);
+        else
+            request_free(r); /* its owner left while the others were failed */
     }
     log_info("upstream %u: lost (%s): %u requests to retry, %u failed", m->index, reason, n_retry,
              n_failed);
-    router_dispatch(rt);
-    server_maybe_finish(rt->srv);
+    subs_on_lost(rt->srv, m);
+    /*
+     * Resend from the loop, not now: when a node restarts, every link to it
+     * reports EOF in the same pass, and a retry sent at once would land on a
+     * sibling that is already dead but not yet known to be.
+     */
+    event_active(rt->dispatch, 0, 0);
+}
+
+struct request *router_internal(struct router *rt, const char *method, const char *params,
+                                size_t params_len, unsigned flags, enum request_pick pick,
+                                struct pool_member *target, request_done_fn *done, void *ctx)
+{
+    struct request *r = calloc(1, sizeof(*r));
+    char uid[21];
+    size_t uid_len, mlen = strlen(method);
+
+    if (!r)
+        return NULL;
+    r->rt = rt;
+    r->uid = rt->next_uid++;
+    r->flags = flags;
+    r->pick = pick;
+    r->target = target;
+    r->done = done;
+    r->done_ctx = ctx;
+    r->start_ns = now_ns();
+    uid_len = jsonrpc_format_u64(uid, r->uid);
+    r->wire = malloc(64 + uid_len + mlen + params_len);
+    if (!r->wire) {
+        free(r);
+        return NULL;
+    }
+    r->wire_len = (size_t)sprintf(
+        r->wire, "{\"jsonrpc\":\"2.0\",\"id\":%.*s,\"method\":\"%s\",\"params\":", (int)uid_len,
+        uid, method);
+    memcpy(r->wire + r->wire_len, params, params_len);
+    r->wire_len += params_len;
+    r->wire[r->wire_len++] = '}';
+    evtimer_assign(&r->timer, rt->srv->base, request_timeout_cb, r);
+    evtimer_add(&r->timer, rt->timeout_tv);
+    if (!(TAILQ_EMPTY(&rt->queue) && request_send(rt, r)))
+        queue_push(rt, r, false);
+    return r;
+}
+
+void router_cancel(struct router *rt, struct request *r)
+{
+    if (r->queued) {
+        request_unlink(rt, r);
+        request_free(r);
+        return;
+    }
+    /* Sent, or on a retry list being walked: the reply (or the walker) drops it. */
+    r->done = NULL;
+}
+
+void router_drop_orphans(struct router *rt)
+{
+    for (size_t i = 0; i < rt->table_size; i++) {
+        struct request *r = rt->table[i], *next;
+        for (; r; r = next) {
+            next = r->hnext;
+            if (!r->session && !r->done) {
+                request_unlink(rt, r);
+                request_free(r);
+            }
+        }
+    }
 }
 
 void router_fail_all(struct router *rt, int code, const char *message)

@@ -17,6 +17,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "server.h"
+#include "subs.h"
 
 static void usage(FILE *out)
 {
@@ -26,8 +27,10 @@ static void usage(FILE *out)
                  "\n"
                  "  -c, --config FILE       read settings from FILE (INI; see subpoold.conf)\n"
                  "  -s, --socket PATH       Unix socket to listen on (key: socket)\n"
-                 "  -u, --upstream URL      node endpoint, ws://host:port; repeat for several;\n"
-                 "                          replaces the endpoints of the config file\n"
+                 "  -u, --upstream URL      node endpoint: ws:// or wss:// URL, or a network name\n"
+                 "                          (finney, test, archive, local, latent-lite); repeat\n"
+                 "                          for fallbacks in priority order; replaces the\n"
+                 "                          endpoints of the config file\n"
                  "  -n, --pool-size N       websockets to keep open (key: pool_size)\n"
                  "  -l, --log-level LEVEL   error, warn, info or debug (key: log_level)\n"
                  "  -o, --set KEY=VALUE     set any config key, after the file\n"
@@ -194,7 +197,7 @@ void server_maybe_finish(struct server *srv)
         log_info("all clients served; closing upstreams");
         pool_close(p);
     }
-    if (p->n_closed == p->n)
+    if (pool_closed(p))
         event_base_loopexit(srv->base, NULL);
 }
 
@@ -227,6 +230,7 @@ static void server_stop(struct server *srv, const char *why)
     if (srv->stopping)
         return;
     srv->stopping = true;
+    router_drop_orphans(srv->router);
     log_info("%s: stopping; %u clients, %zu requests in flight, %zu queued", why, srv->n_sessions,
              srv->router->n_live, srv->router->n_queued);
     srv->listener = listener_free(srv->listener);
@@ -269,6 +273,8 @@ int main(int argc, char **argv)
     raise_fd_limit(srv.cfg->max_clients);
     TAILQ_INIT(&srv.sessions);
     TAILQ_INIT(&srv.closing);
+    TAILQ_INIT(&srv.doomed);
+    TAILQ_INIT(&srv.subs);
     srv.started = time(NULL);
     srv.base = event_base_new();
     if (!srv.base)
@@ -320,8 +326,15 @@ int main(int argc, char **argv)
     rc = 0;
     log_info("stopped");
 out:
-    if (srv.router)
+    if (srv.router) {
         session_close_all(&srv);
+        subs_free_all(&srv);
+    }
+    /* Nothing below may run these again once the objects they touch are gone. */
+    if (srv.reaper)
+        event_del(srv.reaper);
+    if (srv.shutdown_timer)
+        event_del(srv.shutdown_timer);
     srv.router = router_free(srv.router);
     srv.listener = listener_free(srv.listener);
     srv.tcp_listener = listener_free(srv.tcp_listener);

@@ -23,12 +23,30 @@
 #include "jsonrpc.h"
 
 struct session;
+struct pool_member;
 struct batch;
 struct listener;
 struct upstream;
 
 TAILQ_HEAD(request_list, request);
 TAILQ_HEAD(session_list, session);
+TAILQ_HEAD(sub_list, sub);
+TAILQ_HEAD(orphan_list, orphan);
+TAILQ_HEAD(subscriber_list, subscriber);
+
+/*
+ * Internal requests (subscribe and unsubscribe upstream, made by subs.c)
+ * have no session: their reply or failure goes to this callback. msg is
+ * NULL on failure, with a subpool error code and text.
+ */
+typedef void request_done_fn(void *ctx, struct pool_member *m, const char *msg, size_t len,
+                             const struct jsonrpc_msg *jm, int code, const char *message);
+
+enum request_pick {
+    REQUEST_PICK_LOAD = 0, /* the ready upstream with the fewest requests in flight */
+    REQUEST_PICK_SUBS,     /* the ready upstream with the fewest subscriptions, under the cap */
+    REQUEST_PICK_TARGET,   /* only r->target; fails if it is lost */
+};
 
 /* A client request forwarded to a node. Owned by the router. */
 struct request {
@@ -40,12 +58,16 @@ struct request {
     size_t orig_id_len;
     char *wire; /* the request with uid in place of the id: kept for queueing and retry */
     size_t wire_len;
-    unsigned flags;              /* METHOD_* */
-    unsigned method_slot;        /* metrics */
-    uint64_t start_ns;           /* arrival, for the latency histogram */
-    bool retried;                /* a read gets one retry after an upstream loss */
-    bool queued;                 /* on the router's wait queue */
-    struct pool_member *member;  /* where it was sent; NULL while queued */
+    unsigned flags;             /* METHOD_* */
+    unsigned method_slot;       /* metrics */
+    uint64_t start_ns;          /* arrival, for the latency histogram */
+    bool retried;               /* a read gets one retry after an upstream loss */
+    bool queued;                /* on the router's wait queue */
+    struct pool_member *member; /* where it was sent; NULL while queued */
+    enum request_pick pick;
+    struct pool_member *target; /* with REQUEST_PICK_TARGET */
+    request_done_fn *done;      /* internal requests: who gets the reply */
+    void *done_ctx;
     struct event timer;          /* request_timeout */
     TAILQ_ENTRY(request) s_link; /* session->requests */
     TAILQ_ENTRY(request) q_link; /* member->sent or router queue */
@@ -58,8 +80,52 @@ struct pool_member {
     struct upstream *u;
     unsigned index;
     unsigned in_flight;
+    unsigned n_subs;   /* upstream subscriptions it carries */
     uint64_t requests; /* sent, total */
     struct request_list sent;
+    struct sub_list subs;
+    struct orphan_list orphans; /* notifications that came before their subscribe reply */
+    unsigned n_orphans;
+    /* Endpoint and health, kept by pool.c. */
+    struct pool_endpoint *ep; /* the endpoint its link goes to (or will, once reconnected) */
+    bool watch;               /* a watch link (pool_endpoint.watch): never carries clients */
+    bool moving;              /* on its way to the active endpoint, one member at a time */
+    bool draining;            /* takes no new requests; reconnects once in_flight is 0 */
+    bool stale;               /* its best block stays behind another upstream's */
+    bool best_known;          /* best and best_at_ms are from the current link */
+    bool closed;              /* a retired watch link, freed by the pool's deferred pass */
+    uint64_t best;            /* highest best block number the current link reported */
+    uint64_t best_at_ms;      /* monotonic time it last went up */
+    uint64_t health_seq;      /* id of the pool's own chain_getHeader in flight; 0: none */
+    uint64_t health_sent_ms;
+    TAILQ_ENTRY(pool_member) w_link; /* watch links only: pool->watchers */
+};
+
+/*
+ * One configured endpoint, in priority order (index 0 is the primary). The
+ * pool's members all go to the active endpoint; every other endpoint has a
+ * watch link that tells when it is healthy (up, answering, not stale).
+ */
+enum endpoint_status {
+    ENDPOINT_UNKNOWN = 0, /* not tried yet */
+    ENDPOINT_UP,          /* a link to it answered chain_getHeader */
+    ENDPOINT_DOWN,        /* an attempt failed, or its last link stopped answering */
+};
+
+struct pool_endpoint {
+    unsigned index;   /* priority: 0 first */
+    const char *url;  /* the configured URL (names already resolved) */
+    const char *name; /* network name for that URL, or NULL */
+    enum endpoint_status status;
+    bool stale; /* every link to it that reports a best block is stale */
+    bool best_known;
+    uint64_t best; /* highest best block seen on any link to it */
+    uint64_t best_at_ms;
+    double status_since;  /* wall clock */
+    uint64_t up_at_ms;    /* monotonic time it last became ENDPOINT_UP */
+    uint64_t retry_at_ms; /* its last Retry-After ends then: no new watch link before */
+    char last_error[192];
+    struct pool_member *watch; /* NULL while it is the active endpoint */
 };
 
 struct pool {
@@ -68,6 +134,15 @@ struct pool {
     unsigned n_closed; /* during shutdown */
     unsigned rotor;
     struct pool_member *members;
+    unsigned n_endpoints;
+    struct pool_endpoint *endpoints;
+    struct pool_endpoint *active; /* where the members go */
+    struct ssl_ctx_st *tls;       /* shared by every wss:// link; NULL without one */
+    struct event *rebalance;      /* deferred: moves members, starts and retires watch links */
+    struct event *health;         /* every health_interval: chain_getHeader on each link */
+    uint64_t health_next;         /* sequence of those requests */
+    TAILQ_HEAD(watch_list, pool_member) watchers; /* live and retiring watch links */
+    bool closing;
 };
 
 struct router {
@@ -103,10 +178,14 @@ struct server {
     struct router *router;
     struct session_list sessions;
     struct session_list closing; /* freed by the reaper */
+    struct session_list doomed;  /* to be closed by the reaper */
     struct event *reaper;
     struct event *shutdown_timer;
     unsigned n_sessions;
     uint64_t next_session_id;
+    struct sub_list subs; /* every upstream subscription */
+    unsigned n_subs;
+    uint64_t next_sub_id;
     bool stopping;
     bool pool_closing;
     bool shutdown_forced;
@@ -129,6 +208,7 @@ struct session *session_new(struct server *srv, int fd, bool tcp);
 void session_close(struct session *s, const char *why);
 void session_free(struct session *s);
 uint64_t session_id(const struct session *s);
+struct subscriber_list *session_subscribers(struct session *s);
 /* One reply, the concatenation of parts, for a request of s (in batch b or alone). */
 void session_deliver(struct session *s, struct batch *b, const struct iovec *parts, int n);
 /* An error reply echoing id (NULL = null). */
@@ -156,14 +236,28 @@ void router_on_oversize(struct router *rt, struct pool_member *m, bool have_id, 
                         uint64_t len);
 void router_on_lost(struct router *rt, struct pool_member *m, const char *reason);
 void router_fail_all(struct router *rt, int code, const char *message);
+/* Forget requests whose client has gone (at shutdown, so it need not wait for them). */
+void router_drop_orphans(struct router *rt);
+/*
+ * Send {"method": method, "params": params} on behalf of the daemon itself.
+ * Returns the request (to cancel it) or NULL when out of memory.
+ */
+struct request *router_internal(struct router *rt, const char *method, const char *params,
+                                size_t params_len, unsigned flags, enum request_pick pick,
+                                struct pool_member *target, request_done_fn *done, void *ctx);
+/* The owner of an internal request has gone: its reply will be dropped. */
+void router_cancel(struct router *rt, struct request *r);
 
 /* pool.c */
 struct pool *pool_new(struct server *srv, char *err, size_t errlen);
 struct pool *pool_free(struct pool *p);
 struct pool_member *pool_pick(struct pool *p);
+struct pool_member *pool_pick_sub(struct pool *p);
 void pool_close(struct pool *p);
+/* After pool_close(): every link has finished closing. */
+bool pool_closed(const struct pool *p);
 unsigned pool_ready(const struct pool *p);
 
 /* status.c: answer a subpool_* method; returns false when the method is unknown. */
 void status_handle(struct server *srv, struct session *s, struct batch *b, const char *buf,
-                   const struct jsonrpc_msg *msg);
+                   const struct jsonrpc_msg *msg, unsigned slot);

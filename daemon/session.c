@@ -19,10 +19,16 @@
 #include "methods.h"
 #include "metrics.h"
 #include "session.h"
+#include "subs.h"
 
 uint64_t session_id(const struct session *s)
 {
     return s->id;
+}
+
+struct subscriber_list *session_subscribers(struct session *s)
+{
+    return &s->subscribers;
 }
 
 void session_write(struct session *s, const void *p, size_t n)
@@ -50,14 +56,29 @@ void session_maybe_done(struct session *s)
         session_close(s, s->read_eof ? "client finished" : "shutting down");
 }
 
-void session_check_output(struct session *s)
+/*
+ * A client that leaves more than client_max_output unread is dropped. The
+ * backlog is judged before a reply is added (extra: bytes held elsewhere for
+ * it, like a batch being collected), so one large reply to a client that
+ * reads is never a reason. Returns false when the session was closed.
+ */
+static bool session_output_ok(struct session *s, size_t extra)
 {
     size_t out = evbuffer_get_length(bufferevent_get_output(s->bev)) + ws_session_queued(s);
-    if (out > s->srv->cfg->client_max_output) {
+    if (out + extra > s->srv->cfg->client_max_output) {
         log_warn("session %llu: %zu unread reply bytes exceed client_max_output; disconnecting",
-                 (unsigned long long)s->id, out);
-        session_close(s, "slow reader");
+                 (unsigned long long)s->id, out + extra);
+        /*
+         * Closed from the loop, not here: the caller may be walking a list this
+         * session is on (a subscription's subscribers, an upstream's requests).
+         */
+        s->dropping = true;
+        bufferevent_disable(s->bev, EV_READ);
+        TAILQ_INSERT_TAIL(&s->srv->doomed, s, doom_link);
+        event_active(s->srv->reaper, 0, 0);
+        return false;
     }
+    return true;
 }
 
 static void batch_free(struct batch *b)
@@ -83,12 +104,13 @@ static void batch_settle(struct batch *b)
         };
         session_emit(s, parts, 3);
     }
+    subs_batch_done(&s->subscribers, b);
     batch_free(b);
 }
 
 void session_emit(struct session *s, const struct iovec *parts, int n)
 {
-    if (s->closing)
+    if (s->closing || s->dropping || !session_output_ok(s, 0))
         return;
     switch (s->proto) {
     case SESSION_PROTO_WS:
@@ -103,12 +125,14 @@ void session_emit(struct session *s, const struct iovec *parts, int n)
         session_write(s, "\n", 1);
         break;
     }
-    session_check_output(s);
 }
 
 void session_deliver(struct session *s, struct batch *b, const struct iovec *parts, int n)
 {
     if (b) {
+        /* A batch collects replies in memory: they count against the same bound. */
+        if (s->dropping || !session_output_ok(s, evbuffer_get_length(b->out)))
+            return;
         if (b->n_replies++)
             evbuffer_add(b->out, ",", 1);
         for (int i = 0; i < n; i++)
@@ -143,13 +167,23 @@ void session_request_added(struct session *s, struct request *r)
 {
     TAILQ_INSERT_TAIL(&s->requests, r, s_link);
     s->n_requests++;
+    s->bytes_pending += r->wire_len;
+}
+
+/* Too much of this client's work outstanding: stop reading it until replies drain. */
+bool session_over_budget(const struct session *s)
+{
+    const struct config *cfg = s->srv->cfg;
+    return s->n_requests >= cfg->client_max_in_flight ||
+           s->bytes_pending >= cfg->client_max_pending;
 }
 
 void session_request_removed(struct session *s, struct request *r)
 {
     TAILQ_REMOVE(&s->requests, r, s_link);
     s->n_requests--;
-    if (s->read_paused && s->n_requests < s->srv->cfg->client_max_in_flight) {
+    s->bytes_pending -= r->wire_len;
+    if (s->read_paused && !session_over_budget(s)) {
         s->read_paused = false;
         session_resume(s);
     }
@@ -200,13 +234,22 @@ static void session_handle_msg(struct session *s, struct batch *b, const char *b
         session_reject(s, b, id, id_len, slot, JSONRPC_INVALID_REQUEST, "Invalid request");
         return;
     }
+    if (memchr(buf + m->method.off + 1, '\\', m->method.len - 2)) {
+        /*
+         * The method table matches raw bytes; an escaped name could dodge the
+         * rules for writes and subscriptions. No real client escapes one.
+         */
+        session_reject(s, b, id, id_len, slot, JSONRPC_INVALID_REQUEST,
+                       "Invalid request: escaped characters in a method name are not accepted");
+        return;
+    }
     flags = method_flags(buf + m->method.off + 1, m->method.len - 2);
     if (srv->stopping) {
         session_reject(s, b, id, id_len, slot, SUBPOOL_ERR_SHUTDOWN, "subpoold is shutting down");
         return;
     }
     if (flags & METHOD_LOCAL) {
-        status_handle(srv, s, b, buf, m);
+        status_handle(srv, s, b, buf, m, slot);
         return;
     }
     if ((flags & (METHOD_SUBSCRIBE | METHOD_UNSUBSCRIBE)) && s->http_only) {
@@ -214,9 +257,13 @@ static void session_handle_msg(struct session *s, struct batch *b, const char *b
                        "Subscriptions are not available on this transport; use a websocket");
         return;
     }
-    if (flags & (METHOD_SUBSCRIBE | METHOD_UNSUBSCRIBE)) {
-        session_reject(s, b, id, id_len, slot, SUBPOOL_ERR_REFUSED,
-                       "subscriptions are not supported by this version of subpoold");
+    if (flags & METHOD_SUBSCRIBE) {
+        subs_subscribe(srv, s, b, buf, m,
+                       method_lookup(buf + m->method.off + 1, m->method.len - 2));
+        return;
+    }
+    if (flags & METHOD_UNSUBSCRIBE) {
+        subs_unsubscribe(srv, s, b, buf, m);
         return;
     }
     router_submit(srv->router, s, b, buf, m, flags, slot);
@@ -306,7 +353,7 @@ static void ndjson_input(struct session *s)
 
         if (len == 0)
             break;
-        if (s->n_requests >= s->srv->cfg->client_max_in_flight) {
+        if (session_over_budget(s)) {
             s->read_paused = true;
             bufferevent_disable(s->bev, EV_READ);
             break;
@@ -315,8 +362,8 @@ static void ndjson_input(struct session *s)
             start.pos = -1;
         eol = start.pos < 0 ? start : evbuffer_search_eol(in, &start, &eol_len, EVBUFFER_EOL_LF);
         if (eol.pos < 0) {
-            /* No newline yet: keep at most max bytes of a line. */
-            if (s->discarding || len > max) {
+            /* No newline yet: keep at most max bytes of a line (and its '\r'). */
+            if (s->discarding || len > max + 1) {
                 s->discarded += len;
                 s->discarding = true;
                 evbuffer_drain(in, len);
@@ -333,6 +380,16 @@ static void ndjson_input(struct session *s)
         }
         line_len = (size_t)eol.pos;
         s->scanned = 0;
+        if (!s->discarding && line_len == max + 1) {
+            struct evbuffer_ptr last;
+            char c = 0;
+            evbuffer_ptr_set(in, &last, line_len - 1, EVBUFFER_PTR_SET);
+            evbuffer_copyout_from(in, &last, &c, 1);
+            if (c == '\r') { /* "\r\n" ends the line; the '\r' is not content */
+                line_len--;
+                eol_len++;
+            }
+        }
         if (s->discarding || line_len > max) {
             session_too_long(s, s->discarded + line_len);
             s->discarding = false;
@@ -347,6 +404,12 @@ static void ndjson_input(struct session *s)
         }
         session_handle_text(s, line, line_len);
         evbuffer_drain(in, line_len + eol_len);
+    }
+    if (s->read_eof && s->discarding && !s->closing) {
+        /* The client ended inside an over-long line: it still gets its answer. */
+        session_too_long(s, s->discarded);
+        s->discarding = false;
+        s->discarded = 0;
     }
 }
 
@@ -452,6 +515,7 @@ struct session *session_new(struct server *srv, int fd, bool tcp)
     s->id = ++srv->next_session_id;
     TAILQ_INIT(&s->requests);
     TAILQ_INIT(&s->batches);
+    TAILQ_INIT(&s->subscribers);
     s->tcp = tcp;
     evbuffer_add_cb(bufferevent_get_input(s->bev), count_in_cb, srv);
     evbuffer_add_cb(bufferevent_get_output(s->bev), count_out_cb, srv);
@@ -468,6 +532,8 @@ void session_reap(struct server *srv)
 {
     struct session *s;
 
+    while ((s = TAILQ_FIRST(&srv->doomed)))
+        session_close(s, "slow reader");
     while ((s = TAILQ_FIRST(&srv->closing))) {
         TAILQ_REMOVE(&srv->closing, s, link);
         session_free(s);
@@ -502,8 +568,11 @@ void session_close(struct session *s, const char *why)
     log_debug("session %llu: closed (%s), %u requests outstanding", (unsigned long long)s->id, why,
               s->n_requests);
     s->closing = true;
+    if (s->dropping)
+        TAILQ_REMOVE(&srv->doomed, s, doom_link);
     while ((r = TAILQ_FIRST(&s->requests)))
         router_forget(srv->router, r);
+    subs_session_gone(srv, &s->subscribers);
     while ((b = TAILQ_FIRST(&s->batches)))
         batch_free(b);
     bufferevent_disable(s->bev, EV_READ | EV_WRITE);

@@ -35,14 +35,18 @@ struct session {
     uint64_t id;
     struct bufferevent *bev;
     TAILQ_ENTRY(session) link;
+    TAILQ_ENTRY(session) doom_link; /* srv->doomed */
     struct request_list requests;
     unsigned n_requests;
+    size_t bytes_pending; /* request bytes held for this client's outstanding requests */
     TAILQ_HEAD(, batch) batches;
+    struct subscriber_list subscribers;
     enum session_proto proto;
     bool tcp;         /* came through the TCP listener */
     bool read_eof;    /* the client shut its sending side */
     bool read_paused; /* too many requests outstanding */
     bool closing;
+    bool dropping;  /* over client_max_output: closed by the reaper */
     bool http_only; /* plain HTTP: subscriptions are refused like a node's HTTP endpoint */
     /* NDJSON */
     size_t scanned;   /* input bytes already searched for a newline */
@@ -53,20 +57,21 @@ struct session {
     bool ws_finished; /* close frames exchanged or protocol error: close once flushed */
     bool ws_in_recv;  /* inside wslay_event_recv: only queue replies */
     /* HTTP */
-    bool http_busy;    /* a request is being answered; the next one waits */
-    bool http_keep;    /* keep the connection after this response */
-    bool http_replied; /* the current request's reply was written */
-    bool http_done;    /* the last response is out: read nothing more */
+    bool http_busy;      /* a request is being answered; the next one waits */
+    bool http_keep;      /* keep the connection after this response */
+    bool http_replied;   /* the current request's reply was written */
+    bool http_done;      /* the last response is out: read nothing more */
+    bool http_continued; /* 100 Continue sent for the request being received */
 };
 
 /* session.c */
 void session_handle_text(struct session *s, const char *text, size_t len);
 void session_write(struct session *s, const void *p, size_t n);
 void session_maybe_done(struct session *s);
-void session_check_output(struct session *s);
 /* Deliver bytes of one complete reply (not part of a batch) in the session's framing. */
 void session_emit(struct session *s, const struct iovec *parts, int n);
 void session_resume(struct session *s);
+bool session_over_budget(const struct session *s);
 void session_set_proto(struct session *s, enum session_proto proto);
 
 /* ws_server.c */

@@ -6,7 +6,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "metrics.h"
 #include "server.h"
+#include "subs.h"
 #include "upstream.h"
 
 static void add_json_string(struct evbuffer *out, const char *s)
@@ -14,6 +16,71 @@ static void add_json_string(struct evbuffer *out, const char *s)
     char buf[1200];
     size_t n = json_escape(buf, sizeof(buf), s, strlen(s));
     evbuffer_add(out, buf, n);
+}
+
+static void add_opt_string(struct evbuffer *out, const char *s)
+{
+    if (s)
+        add_json_string(out, s);
+    else
+        evbuffer_add(out, "null", 4);
+}
+
+static void add_best(struct evbuffer *out, bool known, uint64_t best)
+{
+    if (known)
+        evbuffer_add_printf(out, "%llu", (unsigned long long)best);
+    else
+        evbuffer_add(out, "null", 4);
+}
+
+/* One pool member or watch link: where it goes, how it is, what it carries. */
+static void add_upstream(struct evbuffer *out, const struct pool_member *m, bool first)
+{
+    evbuffer_add_printf(out, "%s{\"id\":%u,\"role\":\"%s\",\"endpoint\":", first ? "" : ",",
+                        m->index, m->watch ? "watch" : "pool");
+    add_json_string(out, m->ep->url);
+    evbuffer_add(out, ",\"name\":", 8);
+    add_opt_string(out, m->ep->name);
+    evbuffer_add_printf(out,
+                        ",\"priority\":%u,\"state\":\"%s\",\"since\":%.3f,\"reconnects\":%llu,"
+                        "\"in_flight\":%u,\"requests\":%llu,\"best\":",
+                        m->ep->index, upstream_state_name(upstream_state(m->u)),
+                        upstream_state_since(m->u), (unsigned long long)upstream_reconnects(m->u),
+                        m->in_flight, (unsigned long long)m->requests);
+    add_best(out, m->best_known, m->best);
+    evbuffer_add_printf(out, ",\"stale\":%s,\"draining\":%s,\"last_error\":",
+                        m->stale ? "true" : "false", m->draining ? "true" : "false");
+    add_opt_string(out, upstream_last_error(m->u));
+    evbuffer_add(out, "}", 1);
+}
+
+static void add_endpoints(struct evbuffer *out, const struct pool *p)
+{
+    static const char *const status_names[] = {"unknown", "up", "down"};
+
+    evbuffer_add_printf(out, ",\"active_endpoint\":%u,\"watchers\":[", p->active->index);
+    for (unsigned i = 0, n = 0; i < p->n_endpoints; i++)
+        if (p->endpoints[i].watch)
+            add_upstream(out, p->endpoints[i].watch, n++ == 0);
+    evbuffer_add(out, "],\"endpoints\":[", 15);
+    for (unsigned i = 0; i < p->n_endpoints; i++) {
+        const struct pool_endpoint *e = &p->endpoints[i];
+        evbuffer_add_printf(out, "%s{\"priority\":%u,\"url\":", i ? "," : "", e->index);
+        add_json_string(out, e->url);
+        evbuffer_add(out, ",\"name\":", 8);
+        add_opt_string(out, e->name);
+        evbuffer_add_printf(out,
+                            ",\"status\":\"%s\",\"since\":%.3f,\"active\":%s,\"stale\":%s,"
+                            "\"best\":",
+                            status_names[e->status], e->status_since,
+                            e == p->active ? "true" : "false", e->stale ? "true" : "false");
+        add_best(out, e->best_known, e->best);
+        evbuffer_add(out, ",\"last_error\":", 14);
+        add_opt_string(out, e->last_error[0] ? e->last_error : NULL);
+        evbuffer_add(out, "}", 1);
+    }
+    evbuffer_add(out, "]", 1);
 }
 
 static void status_build(struct server *srv, struct evbuffer *out)
@@ -33,28 +100,17 @@ static void status_build(struct server *srv, struct evbuffer *out)
         in_flight, srv->router->n_queued, (unsigned long long)srv->stats.requests,
         (unsigned long long)srv->stats.responses, (unsigned long long)srv->stats.errors,
         (unsigned long long)srv->stats.accepted, p->n, pool_ready(p));
-    for (unsigned i = 0; i < p->n; i++) {
-        struct pool_member *m = &p->members[i];
-        const char *err = upstream_last_error(m->u);
-        evbuffer_add_printf(out, "%s{\"id\":%u,\"endpoint\":", i ? "," : "", m->index);
-        add_json_string(out, upstream_url(m->u));
-        evbuffer_add_printf(out,
-                            ",\"state\":\"%s\",\"since\":%.3f,\"reconnects\":%llu,"
-                            "\"in_flight\":%u,\"requests\":%llu,\"last_error\":",
-                            upstream_state_name(upstream_state(m->u)), upstream_state_since(m->u),
-                            (unsigned long long)upstream_reconnects(m->u), m->in_flight,
-                            (unsigned long long)m->requests);
-        if (err)
-            add_json_string(out, err);
-        else
-            evbuffer_add(out, "null", 4);
-        evbuffer_add(out, "}", 1);
-    }
-    evbuffer_add(out, "]}", 2);
+    for (unsigned i = 0; i < p->n; i++)
+        add_upstream(out, &p->members[i], i == 0);
+    evbuffer_add(out, "]", 1);
+    add_endpoints(out, p);
+    evbuffer_add_printf(out, ",\"upstream_subscriptions\":%u,\"subscriptions\":", srv->n_subs);
+    subs_status(srv, out);
+    evbuffer_add(out, "}", 1);
 }
 
 void status_handle(struct server *srv, struct session *s, struct batch *b, const char *buf,
-                   const struct jsonrpc_msg *msg)
+                   const struct jsonrpc_msg *msg, unsigned slot)
 {
     const char *name = buf + msg->method.off + 1;
     size_t name_len = msg->method.len - 2;
@@ -74,6 +130,7 @@ void status_handle(struct server *srv, struct session *s, struct batch *b, const
     } else {
         evbuffer_free(out);
         srv->stats.errors++;
+        metrics_count_error(srv->metrics, slot);
         session_error(s, b, id, msg->id.len, JSONRPC_METHOD_NOT_FOUND, "Method not found");
         return;
     }

@@ -1,7 +1,9 @@
 /*
  * One websocket link to a chain node, kept alive for as long as the owner
- * wants it. A connection attempt resolves the name with evdns, opens TCP,
- * sends the HTTP/1.1 upgrade and checks the 101 answer; from then on wslay
+ * wants it. A connection attempt resolves the name with evdns, opens TCP
+ * (wrapped in TLS by an OpenSSL bufferevent for wss://, with the certificate
+ * chain and the host name or IP address verified), sends the HTTP/1.1
+ * upgrade and checks the 101 answer; from then on wslay
  * frames the traffic while this file assembles incoming messages itself (so
  * that one oversized reply is dropped and reported instead of killing the
  * link), pings an idle peer and notices when it stops answering. Any loss
@@ -14,7 +16,9 @@
  * capped at backoff_max_ms, drawn uniformly from [d/2, d]. The count goes
  * back to zero once a link has proven healthy: it delivered a complete
  * message, or it stayed READY for at least STABLE_MS. A node that accepts
- * upgrades and then drops them at once therefore keeps backing off.
+ * upgrades and then drops them at once therefore keeps backing off. The
+ * owner may cut a backoff short (upstream_reconnect), for instance after
+ * pointing the upstream at another endpoint (upstream_set_url).
  */
 #include "upstream.h"
 
@@ -23,6 +27,7 @@
 #include "log.h"
 #include "url.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -35,10 +40,14 @@
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/dns.h>
 #include <event2/event.h>
 #include <event2/util.h>
+#include <openssl/err.h>
 #include <openssl/rand.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <wslay/wslay.h>
 
 /* Stop handing frames to the socket above this much unsent output... */
@@ -72,6 +81,8 @@ struct upstream {
     char *url_text;
     struct url url;
     char authority[URL_HOST_MAX + 16];
+    char *next_url_text; /* upstream_set_url(): used from the next attempt on */
+    struct url next_url;
     struct upstream_opts opts;
     struct upstream_ops ops;
     void *arg;
@@ -81,6 +92,7 @@ struct upstream {
     uint64_t reconnects;
     char last_error[192];
     bool have_error;
+    char lost_reason[192]; /* for ops->lost: last_error, or why a move closed the link */
 
     /* The current connection, if any. */
     struct bufferevent *bev;
@@ -89,6 +101,7 @@ struct upstream {
     struct rx rx;
     bool in_wslay;      /* inside wslay_event_recv/send: nested sends wait for it */
     bool flush_on_free; /* a close frame may still sit in the output: try once more */
+    bool tls;           /* bev is an OpenSSL bufferevent */
 
     /*
      * One timer whose meaning follows the state: connect timeout
@@ -99,15 +112,20 @@ struct upstream {
     uint64_t ready_at_ms; /* monotonic */
     uint64_t last_rx_ms;  /* monotonic time of the last frame received */
     uint64_t ping_at_ms;  /* a ping is outstanding since then; 0 if none */
-    bool healthy;
+    bool healthy;         /* this link delivered a message */
+    bool pong_late;       /* this link was given up for want of a pong */
 
     /* Work done from the deferred event, outside every other callback. */
     struct event *defer;
-    bool down_pending;    /* teardown of the connection requested */
-    bool lost_pending;    /* ops->lost still to be called */
-    bool backoff_pending; /* schedule the reconnect after the teardown */
-    bool closed_pending;  /* ops->closed still to be called */
-    bool close_requested; /* upstream_close() was called: never reconnect */
+    bool down_pending;      /* teardown of the connection requested */
+    bool lost_pending;      /* ops->lost still to be called */
+    bool backoff_pending;   /* schedule the reconnect after the teardown */
+    bool closed_pending;    /* ops->closed still to be called */
+    bool close_requested;   /* upstream_close() was called: never reconnect */
+    bool failed_pending;    /* ops->failed still to be called */
+    bool retry_now;         /* upstream_reconnect(): next attempt without waiting */
+    bool moving;            /* CLOSING on behalf of upstream_reconnect(), not upstream_close() */
+    bool lost_unresponsive; /* argument of the pending ops->lost */
 
     unsigned failures;       /* consecutive failed attempts or losses */
     unsigned retry_after_ms; /* the server asked to wait this long; 0 if not */
@@ -198,7 +216,18 @@ static void rx_reset(struct upstream *u, bool release)
 /* Frees the socket and the wslay context. Never call it from their callbacks. */
 static void conn_free(struct upstream *u)
 {
-    if (u->flush_on_free && u->ws && u->bev) {
+    if (u->flush_on_free && u->tls && u->bev) {
+        /*
+         * Raw bytes cannot bypass TLS. When everything written has left,
+         * one non-blocking close_notify spares the peer an "unexpected
+         * eof"; whatever is still queued is dropped with the connection.
+         */
+        SSL *ssl = bufferevent_openssl_get_ssl(u->bev);
+        if (ssl && evbuffer_get_length(bufferevent_get_output(u->bev)) == 0 &&
+            SSL_is_init_finished(ssl))
+            (void)SSL_shutdown(ssl);
+        ERR_clear_error();
+    } else if (u->flush_on_free && u->ws && u->bev) {
         /*
          * A close frame (ours, or the answer to the peer's) may still be
          * queued; one non-blocking write gives the peer a clean close
@@ -222,6 +251,7 @@ static void conn_free(struct upstream *u)
         bufferevent_free(u->bev);
         u->bev = NULL;
     }
+    u->tls = false;
     u->flush_on_free = false;
     u->in_wslay = false;
     u->ping_at_ms = 0;
@@ -258,6 +288,20 @@ static void link_down(struct upstream *u, const char *fmt, ...)
     vsnprintf(reason, sizeof(reason), fmt, ap);
     va_end(ap);
 
+    if (u->state == UPSTREAM_STATE_CLOSING && u->moving) {
+        /* upstream_reconnect() on a READY link: the owner still hears of the loss. */
+        ulog(LOG_LEVEL_INFO, u, "closed to reconnect (%s)", reason);
+        snprintf(u->lost_reason, sizeof(u->lost_reason), "closed to reconnect (%.160s)", reason);
+        u->moving = false;
+        u->flush_on_free = true;
+        quiesce(u);
+        u->lost_pending = true;
+        u->lost_unresponsive = false;
+        set_state(u, UPSTREAM_STATE_BACKOFF);
+        u->retry_now = true;
+        u->backoff_pending = true;
+        return;
+    }
     if (u->state == UPSTREAM_STATE_CLOSING) {
         /* The end we asked for: not a failure, no reconnect. */
         ulog(LOG_LEVEL_INFO, u, "closed (%s)", reason);
@@ -278,8 +322,12 @@ static void link_down(struct upstream *u, const char *fmt, ...)
         u->reconnects++;
         u->fail_repeat = 0;
         u->lost_pending = true;
+        memcpy(u->lost_reason, reason, sizeof(reason));
+        /* A pong timeout, or a link that never carried a message: the node may be the problem. */
+        u->lost_unresponsive = !u->healthy || u->pong_late;
         ulog(LOG_LEVEL_INFO, u, "lost: %s", reason);
     } else {
+        u->failed_pending = true;
         u->fail_repeat = repeat ? u->fail_repeat + 1 : 0;
         if (u->fail_repeat == 0)
             ulog(LOG_LEVEL_WARN, u, "attempt failed: %s", reason);
@@ -344,7 +392,13 @@ static void defer_cb(evutil_socket_t fd, short what, void *arg)
         u->lost_pending = false;
         /* The owner may call upstream_close() from here; checked below. */
         if (!u->close_requested && u->ops.lost)
-            u->ops.lost(u, u->last_error, u->arg);
+            u->ops.lost(u, u->lost_reason, u->lost_unresponsive, u->arg);
+    }
+    if (u->failed_pending) {
+        u->failed_pending = false;
+        /* ...or upstream_set_url() and upstream_reconnect(). */
+        if (!u->close_requested && u->ops.failed)
+            u->ops.failed(u, u->last_error, u->retry_after_ms, u->arg);
     }
     if (u->close_requested) {
         u->backoff_pending = false;
@@ -356,7 +410,14 @@ static void defer_cb(evutil_socket_t fd, short what, void *arg)
         }
         return;
     }
-    if (u->backoff_pending) {
+    if (u->state != UPSTREAM_STATE_BACKOFF && u->state != UPSTREAM_STATE_IDLE)
+        return;
+    if (u->retry_now) {
+        u->retry_now = false;
+        u->backoff_pending = false;
+        evtimer_del(u->timer);
+        attempt(u);
+    } else if (u->backoff_pending) {
         u->backoff_pending = false;
         schedule_reconnect(u);
     }
@@ -610,6 +671,7 @@ static void keepalive_tick(struct upstream *u)
 
     if (u->ping_at_ms) {
         if (u->last_rx_ms < u->ping_at_ms) {
+            u->pong_late = true;
             link_down(u, "pong timeout (nothing received for %llu ms after a ping)",
                       (unsigned long long)(now - u->ping_at_ms));
             return;
@@ -776,6 +838,7 @@ static void on_upgrade_answer(struct upstream *u)
     u->ready_at_ms = u->last_rx_ms = mono_ms();
     u->ping_at_ms = 0;
     u->healthy = false;
+    u->pong_late = false;
     u->fail_repeat = 0;
     keepalive_arm(u);
     ulog(LOG_LEVEL_INFO, u, "connected");
@@ -783,6 +846,100 @@ static void on_upgrade_answer(struct upstream *u)
         u->ops.ready(u, u->arg);
     if (evbuffer_get_length(in) > 0)
         ws_pump(u);
+}
+
+/* ---- TLS ---- */
+
+struct ssl_ctx_st *upstream_tls_new(const char *ca_file, char *err, size_t errlen)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    unsigned long e;
+
+    if (!ctx)
+        goto fail;
+    if (SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) != 1)
+        goto fail;
+    /*
+     * Nodes often hang up without close_notify. A truncated message cannot
+     * pass for a whole one here (websocket frames carry their length), so
+     * that is an ordinary EOF, not OpenSSL 3's "unexpected eof" error.
+     */
+    SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF | SSL_OP_NO_RENEGOTIATION);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    if (ca_file) {
+        if (SSL_CTX_load_verify_locations(ctx, ca_file, NULL) != 1) {
+            e = ERR_peek_last_error();
+            snprintf(err, errlen, "tls_ca_file %s: cannot load certificates: %s", ca_file,
+                     e ? ERR_reason_error_string(e) : "unknown error");
+            ERR_clear_error();
+            SSL_CTX_free(ctx);
+            return NULL;
+        }
+    } else if (SSL_CTX_set_default_verify_paths(ctx) != 1) {
+        goto fail;
+    }
+    return ctx;
+fail:
+    e = ERR_peek_last_error();
+    snprintf(err, errlen, "TLS: cannot set up a client context: %s",
+             e ? ERR_reason_error_string(e) : "out of memory");
+    ERR_clear_error();
+    SSL_CTX_free(ctx);
+    return NULL;
+}
+
+/* A session for one attempt: SNI and the name (or address) the certificate must match. */
+static SSL *tls_session(struct upstream *u)
+{
+    unsigned char addr[16];
+    bool literal = u->url.ipv6_literal || inet_pton(AF_INET, u->url.host, addr) == 1;
+    SSL *ssl = SSL_new(u->opts.tls);
+
+    if (!ssl)
+        return NULL;
+    if (literal) {
+        /* SNI carries host names only (RFC 6066); an address is checked against IP SANs. */
+        if (X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), u->url.host) != 1)
+            goto fail;
+    } else {
+        SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+        if (SSL_set_tlsext_host_name(ssl, u->url.host) != 1 || SSL_set1_host(ssl, u->url.host) != 1)
+            goto fail;
+    }
+    return ssl;
+fail:
+    SSL_free(ssl);
+    return NULL;
+}
+
+/*
+ * Names a TLS failure: a certificate the verifier refused (with its reason),
+ * or the first OpenSSL error of the connection. Returns false when there is
+ * nothing TLS-specific to say, so the caller reports the socket error.
+ */
+static bool tls_link_down(struct upstream *u, struct bufferevent *bev)
+{
+    SSL *ssl = bufferevent_openssl_get_ssl(bev);
+    long verify = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
+    unsigned long e = 0, next;
+
+    /* libevent also queues bare SSL_ERROR_* codes (no library): those mean "see errno". */
+    while ((next = bufferevent_get_openssl_error(bev)) != 0)
+        if (e == 0 && ERR_GET_LIB(next) != 0)
+            e = next;
+    ERR_clear_error();
+    if (verify != X509_V_OK) {
+        link_down(u, "TLS: certificate rejected: %s", X509_verify_cert_error_string(verify));
+        return true;
+    }
+    if (e == 0)
+        return false;
+    const char *why = ERR_reason_error_string(e);
+    if (why)
+        link_down(u, "TLS: %s", why);
+    else
+        link_down(u, "TLS: error %#lx", e);
+    return true;
 }
 
 /* ---- bufferevent callbacks ---- */
@@ -827,7 +984,14 @@ static void on_connected(struct upstream *u)
     /* Small JSON-RPC messages: latency matters more than packet count. */
     if (fd >= 0)
         (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    ulog(LOG_LEVEL_DEBUG, u, "TCP connected, sending the upgrade");
+    if (u->tls) {
+        /* Libevent reports the connection once the TLS handshake (and verification) is done. */
+        SSL *ssl = bufferevent_openssl_get_ssl(u->bev);
+        ulog(LOG_LEVEL_DEBUG, u, "%s %s, certificate verified for %s, sending the upgrade",
+             ssl ? SSL_get_version(ssl) : "TLS", ssl ? SSL_get_cipher_name(ssl) : "", u->url.host);
+    } else {
+        ulog(LOG_LEVEL_DEBUG, u, "TCP connected, sending the upgrade");
+    }
     send_upgrade(u);
 }
 
@@ -851,7 +1015,7 @@ static void bev_event_cb(struct bufferevent *bev, short what, void *arg)
         int dns_err = bufferevent_socket_get_dns_error(bev);
         if (dns_err)
             link_down(u, "resolve %s: %s", u->url.host, evutil_gai_strerror(dns_err));
-        else
+        else if (!u->tls || !tls_link_down(u, bev))
             link_down(u, "%s%s", phase[0] ? phase : "socket: ", evutil_socket_error_to_string(err));
     }
 }
@@ -860,10 +1024,34 @@ static void bev_event_cb(struct bufferevent *bev, short what, void *arg)
 
 static void attempt(struct upstream *u)
 {
+    if (u->next_url_text) {
+        free(u->url_text);
+        u->url_text = u->next_url_text;
+        u->next_url_text = NULL;
+        u->url = u->next_url;
+        url_authority(&u->url, u->authority, sizeof(u->authority));
+    }
     set_state(u, UPSTREAM_STATE_CONNECTING);
     if (u->opts.connect_timeout_ms > 0)
         arm_timer(u, u->opts.connect_timeout_ms);
-    u->bev = bufferevent_socket_new(u->base, -1, BEV_OPT_CLOSE_ON_FREE);
+    if (u->url.tls) {
+        SSL *ssl = tls_session(u);
+        if (!ssl) {
+            ERR_clear_error();
+            link_down(u, "TLS: cannot set up a session for %s", u->url.host);
+            return;
+        }
+        /* The bufferevent frees the session with itself; not when it cannot be created. */
+        u->bev = bufferevent_openssl_socket_new(u->base, -1, ssl, BUFFEREVENT_SSL_CONNECTING,
+                                                BEV_OPT_CLOSE_ON_FREE);
+        if (u->bev) {
+            u->tls = true;
+        } else {
+            SSL_free(ssl);
+        }
+    } else {
+        u->bev = bufferevent_socket_new(u->base, -1, BEV_OPT_CLOSE_ON_FREE);
+    }
     if (!u->bev) {
         link_down(u, "connect: cannot create a socket buffer");
         return;
@@ -907,8 +1095,8 @@ struct upstream *upstream_new(struct event_base *base, struct evdns_base *dns, u
         errno = EINVAL;
         return NULL;
     }
-    if (u->url.tls) {
-        *ret_cause = "wss:// is not supported yet";
+    if (u->url.tls && !opts->tls) {
+        *ret_cause = "wss:// without a TLS context";
         free(u);
         errno = EPROTONOSUPPORT;
         return NULL;
@@ -965,6 +1153,82 @@ int upstream_send(struct upstream *u, const char *msg, size_t len)
     return 0;
 }
 
+int upstream_set_url(struct upstream *u, const char *url, const char **ret_cause)
+{
+    struct url parsed;
+    char *copy;
+
+    if (url_parse(url, &parsed, ret_cause) != 0)
+        return -EINVAL;
+    if (parsed.tls && !u->opts.tls) {
+        if (ret_cause)
+            *ret_cause = "wss:// without a TLS context";
+        return -EINVAL;
+    }
+    copy = strdup(url);
+    if (!copy) {
+        if (ret_cause)
+            *ret_cause = "out of memory";
+        return -ENOMEM;
+    }
+    free(u->next_url_text);
+    u->next_url_text = copy;
+    u->next_url = parsed;
+    /* Retry-After was about the old endpoint. */
+    if (strcmp(url, u->url_text) != 0)
+        u->retry_after_ms = 0;
+    return 0;
+}
+
+void upstream_reconnect(struct upstream *u)
+{
+    static const char reason[] = "reconnecting";
+
+    if (u->close_requested || u->state == UPSTREAM_STATE_CLOSED ||
+        u->state == UPSTREAM_STATE_CLOSING)
+        return;
+    u->failures = 0;
+    u->retry_after_ms = 0;
+    u->fail_repeat = 0;
+    switch (u->state) {
+    case UPSTREAM_STATE_READY:
+        if (u->down_pending || !u->ws)
+            break;
+        /* A graceful close first; link_down() then reports the loss and retries at once. */
+        evtimer_del(u->timer);
+        set_state(u, UPSTREAM_STATE_CLOSING);
+        u->moving = true;
+        ulog(LOG_LEVEL_INFO, u, "closing to reconnect");
+        if (wslay_event_queue_close(u->ws, WSLAY_CODE_GOING_AWAY, (const uint8_t *)reason,
+                                    sizeof(reason) - 1) != 0) {
+            link_down(u, "could not queue a close frame");
+            return;
+        }
+        if (u->opts.close_timeout_ms > 0)
+            arm_timer(u, u->opts.close_timeout_ms);
+        ws_flush(u);
+        if (u->opts.close_timeout_ms == 0)
+            link_down(u, "not waiting for the peer's close");
+        return;
+    case UPSTREAM_STATE_CONNECTING:
+    case UPSTREAM_STATE_HANDSHAKE:
+        /* Abandon the attempt without counting it as a failure. */
+        ulog(LOG_LEVEL_DEBUG, u, "abandoning the attempt to reconnect");
+        quiesce(u);
+        set_state(u, UPSTREAM_STATE_BACKOFF);
+        break;
+    case UPSTREAM_STATE_BACKOFF:
+    case UPSTREAM_STATE_IDLE:
+        evtimer_del(u->timer);
+        break;
+    case UPSTREAM_STATE_CLOSING:
+    case UPSTREAM_STATE_CLOSED:
+        return;
+    }
+    u->retry_now = true;
+    event_active(u->defer, 0, 0);
+}
+
 void upstream_close(struct upstream *u)
 {
     if (u->close_requested)
@@ -1008,6 +1272,7 @@ struct upstream *upstream_free(struct upstream *u)
     if (u->defer)
         event_free(u->defer);
     free(u->url_text);
+    free(u->next_url_text);
     free(u);
     return NULL;
 }
@@ -1061,4 +1326,15 @@ double upstream_state_since(const struct upstream *u)
 const char *upstream_last_error(const struct upstream *u)
 {
     return u->have_error ? u->last_error : NULL;
+}
+
+bool upstream_healthy(const struct upstream *u)
+{
+    return u->state == UPSTREAM_STATE_READY && !u->down_pending && u->healthy;
+}
+
+bool upstream_pong_overdue(const struct upstream *u)
+{
+    return u->state == UPSTREAM_STATE_READY && u->ping_at_ms != 0 &&
+           u->last_rx_ms < u->ping_at_ms && mono_ms() - u->ping_at_ms > u->opts.pong_timeout_ms / 2;
 }

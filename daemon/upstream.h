@@ -1,10 +1,12 @@
 /*
- * One websocket to a chain node. It resolves (evdns), connects, performs the
+ * One websocket to a chain node. It resolves (evdns), connects (through TLS
+ * for wss://, with the peer's certificate and name verified), performs the
  * HTTP/1.1 upgrade and verifies Sec-WebSocket-Accept, then moves text
  * messages both ways with wslay. It pings when idle and gives up on a peer
  * that does not answer. When the link is lost it reports once and
- * reconnects by itself after a capped exponential backoff with jitter.
- * It knows nothing about requests: the owner matches replies to requests.
+ * reconnects by itself after a capped exponential backoff with jitter; the
+ * owner may point it at another URL or make it reconnect at once. It knows
+ * nothing about requests: the owner matches replies to requests.
  */
 #pragma once
 
@@ -15,6 +17,7 @@
 struct event_base;
 struct evdns_base;
 struct upstream;
+struct ssl_ctx_st; /* OpenSSL's SSL_CTX */
 
 enum upstream_state {
     UPSTREAM_STATE_IDLE = 0,   /* created, not started */
@@ -34,6 +37,7 @@ struct upstream_opts {
     unsigned backoff_min_ms;     /* first reconnect delay */
     unsigned backoff_max_ms;     /* cap of the doubling */
     unsigned close_timeout_ms;   /* how long to wait for the peer's close frame */
+    struct ssl_ctx_st *tls;      /* client context for wss:// (upstream_tls_new); not owned */
 };
 
 struct upstream_ops {
@@ -50,17 +54,36 @@ struct upstream_ops {
     /*
      * A READY link was lost (reason is a short human text). Called once per
      * loss, before the upstream schedules its reconnect. Everything sent and
-     * not answered on this link is gone. Not called for failed attempts that
-     * never reached READY, nor after upstream_close().
+     * not answered on this link is gone. `unresponsive` says the peer stopped
+     * answering (no pong) or never delivered a message on this link: a hint
+     * that the node itself is in trouble, not just this connection. Not
+     * called for failed attempts that never reached READY, nor after
+     * upstream_close(). A link closed by upstream_reconnect() is reported
+     * here too, with unresponsive false.
      */
-    void (*lost)(struct upstream *u, const char *reason, void *arg);
+    void (*lost)(struct upstream *u, const char *reason, bool unresponsive, void *arg);
+    /*
+     * An attempt failed before READY (reason as in upstream_last_error()).
+     * retry_after_ms is what the server asked for with Retry-After (0 when
+     * it did not). The upstream will retry after its backoff unless the
+     * owner calls upstream_set_url() or upstream_reconnect() from here.
+     */
+    void (*failed)(struct upstream *u, const char *reason, unsigned retry_after_ms, void *arg);
     /* After upstream_close(): the link is fully shut; the owner may free it now (not inside). */
     void (*closed)(struct upstream *u, void *arg);
 };
 
 /*
+ * A client TLS context for wss:// upstreams, shared by all of them: peer
+ * verification against ca_file (a PEM bundle) or, when it is NULL, the
+ * system's trust store; TLS 1.2 or later. NULL on failure with the reason in
+ * err. Free it with SSL_CTX_free() after the upstreams using it.
+ */
+struct ssl_ctx_st *upstream_tls_new(const char *ca_file, char *err, size_t errlen);
+
+/*
  * `id` names it in logs ("upstream 3 (127.0.0.1:9944): ..."); `url` is a
- * ws:// URL (wss:// is refused with -EPROTONOSUPPORT until TLS lands).
+ * ws:// or wss:// URL (wss:// needs opts->tls).
  * Returns NULL on a bad URL or allocation failure; *ret_cause says why.
  */
 struct upstream *upstream_new(struct event_base *base, struct evdns_base *dns, unsigned id,
@@ -75,6 +98,22 @@ void upstream_start(struct upstream *u);
  * ready, or -ENOMEM. The bytes are copied.
  */
 int upstream_send(struct upstream *u, const char *msg, size_t len);
+
+/*
+ * Connect to `url` from the next attempt on; the current link, if any, is
+ * left alone. A Retry-After heard from the previous URL no longer applies.
+ * Returns 0, or -EINVAL with *ret_cause (may be NULL) when the URL is bad.
+ */
+int upstream_set_url(struct upstream *u, const char *url, const char **ret_cause);
+
+/*
+ * Start a fresh link now, with the backoff reset: a READY link is closed
+ * gracefully first (close frame, bounded by close_timeout_ms; `lost` is
+ * reported), an attempt in progress is abandoned, a pending backoff is cut
+ * short. Never counted as a failure. Runs from the upstream's deferred
+ * event, so it is safe to call from any callback.
+ */
+void upstream_reconnect(struct upstream *u);
 
 /* Send a close frame (1001) and stop reconnecting; `closed` fires when done (bounded). */
 void upstream_close(struct upstream *u);
@@ -92,3 +131,11 @@ uint64_t upstream_reconnects(const struct upstream *u);
 double upstream_state_since(const struct upstream *u);
 /* Last failure in words, or NULL. */
 const char *upstream_last_error(const struct upstream *u);
+/* READY, and this link has delivered at least one message. */
+bool upstream_healthy(const struct upstream *u);
+/*
+ * READY, but silent for over half the pong timeout since its last ping:
+ * probably about to be given up. A healthy link answers a ping in one
+ * round trip.
+ */
+bool upstream_pong_overdue(const struct upstream *u);

@@ -107,7 +107,7 @@ void ws_session_input(struct session *s)
 {
     if (!s->ws || s->ws_finished)
         return;
-    if (s->n_requests >= s->srv->cfg->client_max_in_flight) {
+    if (session_over_budget(s)) {
         s->read_paused = true;
         bufferevent_disable(s->bev, EV_READ);
         return;

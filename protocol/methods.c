@@ -8,11 +8,6 @@
 
 #include <string.h>
 
-struct method_entry {
-    const char *name;
-    unsigned flags;
-};
-
 /*
  * Sorted by bytes (strcmp order) for the binary search below; the unit
  * tests look up every entry, so a misplaced one fails them. Writes include
@@ -20,53 +15,65 @@ struct method_entry {
  * and the chainHead-era transaction calls: replaying any of them on another
  * node after a lost link could act twice.
  */
-static const struct method_entry method_table[] = {
-    {"author_insertKey", METHOD_WRITE},
-    {"author_removeExtrinsic", METHOD_WRITE},
-    {"author_rotateKeys", METHOD_WRITE},
-    {"author_submitAndWatchExtrinsic", METHOD_SUBSCRIBE | METHOD_WRITE},
-    {"author_submitExtrinsic", METHOD_WRITE},
-    {"author_unwatchExtrinsic", METHOD_UNSUBSCRIBE},
-    {"beefy_subscribeJustifications", METHOD_SUBSCRIBE},
-    {"beefy_unsubscribeJustifications", METHOD_UNSUBSCRIBE},
-    {"chainHead_unstable_follow", METHOD_SUBSCRIBE},
-    {"chainHead_unstable_unfollow", METHOD_UNSUBSCRIBE},
-    {"chainHead_v1_follow", METHOD_SUBSCRIBE},
-    {"chainHead_v1_unfollow", METHOD_UNSUBSCRIBE},
-    {"chain_subscribeAllHeads", METHOD_SUBSCRIBE},
-    {"chain_subscribeFinalisedHeads", METHOD_SUBSCRIBE},
-    {"chain_subscribeFinalizedHeads", METHOD_SUBSCRIBE},
-    {"chain_subscribeNewHead", METHOD_SUBSCRIBE},
-    {"chain_subscribeNewHeads", METHOD_SUBSCRIBE},
-    {"chain_subscribeRuntimeVersion", METHOD_SUBSCRIBE},
-    {"chain_unsubscribeAllHeads", METHOD_UNSUBSCRIBE},
-    {"chain_unsubscribeFinalisedHeads", METHOD_UNSUBSCRIBE},
-    {"chain_unsubscribeFinalizedHeads", METHOD_UNSUBSCRIBE},
-    {"chain_unsubscribeNewHead", METHOD_UNSUBSCRIBE},
-    {"chain_unsubscribeNewHeads", METHOD_UNSUBSCRIBE},
-    {"chain_unsubscribeRuntimeVersion", METHOD_UNSUBSCRIBE},
-    {"grandpa_subscribeJustifications", METHOD_SUBSCRIBE},
-    {"grandpa_unsubscribeJustifications", METHOD_UNSUBSCRIBE},
-    {"offchain_localStorageClear", METHOD_WRITE},
-    {"offchain_localStorageSet", METHOD_WRITE},
-    {"state_subscribeRuntimeVersion", METHOD_SUBSCRIBE},
-    {"state_subscribeStorage", METHOD_SUBSCRIBE},
-    {"state_unsubscribeRuntimeVersion", METHOD_UNSUBSCRIBE},
-    {"state_unsubscribeStorage", METHOD_UNSUBSCRIBE},
-    {"subscribe_newHead", METHOD_SUBSCRIBE},
-    {"system_addLogFilter", METHOD_WRITE},
-    {"system_addReservedPeer", METHOD_WRITE},
-    {"system_removeReservedPeer", METHOD_WRITE},
-    {"system_resetLogFilter", METHOD_WRITE},
-    {"transactionWatch_unstable_submitAndWatch", METHOD_SUBSCRIBE | METHOD_WRITE},
-    {"transactionWatch_unstable_unwatch", METHOD_UNSUBSCRIBE},
-    {"transactionWatch_v1_submitAndWatch", METHOD_SUBSCRIBE | METHOD_WRITE},
-    {"transactionWatch_v1_unwatch", METHOD_UNSUBSCRIBE},
-    {"transaction_unstable_broadcast", METHOD_WRITE},
-    {"transaction_unstable_stop", METHOD_WRITE},
-    {"transaction_v1_broadcast", METHOD_WRITE},
-    {"transaction_v1_stop", METHOD_WRITE},
-    {"unsubscribe_newHead", METHOD_UNSUBSCRIBE},
+static const struct method_info method_table[] = {
+    {"author_insertKey", METHOD_WRITE, NULL, NULL},
+    {"author_removeExtrinsic", METHOD_WRITE, NULL, NULL},
+    {"author_rotateKeys", METHOD_WRITE, NULL, NULL},
+    {"author_submitAndWatchExtrinsic", METHOD_SUBSCRIBE | METHOD_WRITE, NULL,
+     "author_unwatchExtrinsic"},
+    {"author_submitExtrinsic", METHOD_WRITE, NULL, NULL},
+    {"author_unwatchExtrinsic", METHOD_UNSUBSCRIBE, NULL, NULL},
+    {"beefy_subscribeJustifications", METHOD_SUBSCRIBE, NULL, "beefy_unsubscribeJustifications"},
+    {"beefy_unsubscribeJustifications", METHOD_UNSUBSCRIBE, NULL, NULL},
+    {"chainHead_unstable_follow", METHOD_SUBSCRIBE, NULL, "chainHead_unstable_unfollow"},
+    {"chainHead_unstable_unfollow", METHOD_UNSUBSCRIBE, NULL, NULL},
+    {"chainHead_v1_follow", METHOD_SUBSCRIBE, NULL, "chainHead_v1_unfollow"},
+    {"chainHead_v1_unfollow", METHOD_UNSUBSCRIBE, NULL, NULL},
+    {"chain_subscribeAllHeads", METHOD_SUBSCRIBE, "chain_subscribeAllHeads",
+     "chain_unsubscribeAllHeads"},
+    {"chain_subscribeFinalisedHeads", METHOD_SUBSCRIBE, "chain_subscribeFinalizedHeads",
+     "chain_unsubscribeFinalizedHeads"},
+    {"chain_subscribeFinalizedHeads", METHOD_SUBSCRIBE, "chain_subscribeFinalizedHeads",
+     "chain_unsubscribeFinalizedHeads"},
+    {"chain_subscribeNewHead", METHOD_SUBSCRIBE, "chain_subscribeNewHeads",
+     "chain_unsubscribeNewHeads"},
+    {"chain_subscribeNewHeads", METHOD_SUBSCRIBE, "chain_subscribeNewHeads",
+     "chain_unsubscribeNewHeads"},
+    {"chain_subscribeRuntimeVersion", METHOD_SUBSCRIBE, "state_subscribeRuntimeVersion",
+     "state_unsubscribeRuntimeVersion"},
+    {"chain_unsubscribeAllHeads", METHOD_UNSUBSCRIBE, NULL, NULL},
+    {"chain_unsubscribeFinalisedHeads", METHOD_UNSUBSCRIBE, NULL, NULL},
+    {"chain_unsubscribeFinalizedHeads", METHOD_UNSUBSCRIBE, NULL, NULL},
+    {"chain_unsubscribeNewHead", METHOD_UNSUBSCRIBE, NULL, NULL},
+    {"chain_unsubscribeNewHeads", METHOD_UNSUBSCRIBE, NULL, NULL},
+    {"chain_unsubscribeRuntimeVersion", METHOD_UNSUBSCRIBE, NULL, NULL},
+    {"grandpa_subscribeJustifications", METHOD_SUBSCRIBE, NULL,
+     "grandpa_unsubscribeJustifications"},
+    {"grandpa_unsubscribeJustifications", METHOD_UNSUBSCRIBE, NULL, NULL},
+    {"offchain_localStorageClear", METHOD_WRITE, NULL, NULL},
+    {"offchain_localStorageSet", METHOD_WRITE, NULL, NULL},
+    {"state_subscribeRuntimeVersion", METHOD_SUBSCRIBE, "state_subscribeRuntimeVersion",
+     "state_unsubscribeRuntimeVersion"},
+    {"state_subscribeStorage", METHOD_SUBSCRIBE, "state_subscribeStorage",
+     "state_unsubscribeStorage"},
+    {"state_unsubscribeRuntimeVersion", METHOD_UNSUBSCRIBE, NULL, NULL},
+    {"state_unsubscribeStorage", METHOD_UNSUBSCRIBE, NULL, NULL},
+    {"subscribe_newHead", METHOD_SUBSCRIBE, "chain_subscribeNewHeads", "chain_unsubscribeNewHeads"},
+    {"system_addLogFilter", METHOD_WRITE, NULL, NULL},
+    {"system_addReservedPeer", METHOD_WRITE, NULL, NULL},
+    {"system_removeReservedPeer", METHOD_WRITE, NULL, NULL},
+    {"system_resetLogFilter", METHOD_WRITE, NULL, NULL},
+    {"transactionWatch_unstable_submitAndWatch", METHOD_SUBSCRIBE | METHOD_WRITE, NULL,
+     "transactionWatch_unstable_unwatch"},
+    {"transactionWatch_unstable_unwatch", METHOD_UNSUBSCRIBE, NULL, NULL},
+    {"transactionWatch_v1_submitAndWatch", METHOD_SUBSCRIBE | METHOD_WRITE, NULL,
+     "transactionWatch_v1_unwatch"},
+    {"transactionWatch_v1_unwatch", METHOD_UNSUBSCRIBE, NULL, NULL},
+    {"transaction_unstable_broadcast", METHOD_WRITE, NULL, NULL},
+    {"transaction_unstable_stop", METHOD_WRITE, NULL, NULL},
+    {"transaction_v1_broadcast", METHOD_WRITE, NULL, NULL},
+    {"transaction_v1_stop", METHOD_WRITE, NULL, NULL},
+    {"unsubscribe_newHead", METHOD_UNSUBSCRIBE, NULL, NULL},
 };
 
 #define LOCAL_PREFIX "subpool_"
@@ -81,25 +88,33 @@ static int name_cmp(const char *name, size_t len, const char *entry)
     return len < n ? -1 : len > n ? 1 : 0;
 }
 
-unsigned method_flags(const char *name, size_t len)
+const struct method_info *method_lookup(const char *name, size_t len)
 {
     size_t lo = 0, hi = sizeof(method_table) / sizeof(method_table[0]);
+
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = name_cmp(name, len, method_table[mid].name);
+
+        if (c == 0)
+            return &method_table[mid];
+        if (c < 0)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    return NULL;
+}
+
+unsigned method_flags(const char *name, size_t len)
+{
+    const struct method_info *mi;
 
     if (len == 0)
         return 0;
     if (len >= sizeof(LOCAL_PREFIX) - 1 &&
         memcmp(name, LOCAL_PREFIX, sizeof(LOCAL_PREFIX) - 1) == 0)
         return METHOD_LOCAL;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        int c = name_cmp(name, len, method_table[mid].name);
-
-        if (c == 0)
-            return method_table[mid].flags;
-        if (c < 0)
-            hi = mid;
-        else
-            lo = mid + 1;
-    }
-    return 0;
+    mi = method_lookup(name, len);
+    return mi ? mi->flags : 0;
 }

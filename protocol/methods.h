@@ -13,5 +13,20 @@ enum method_flag {
     METHOD_LOCAL = 1u << 3,       /* subpool_*: answered by the daemon */
 };
 
+struct method_info {
+    const char *name;
+    unsigned flags;
+    /*
+     * Subscriptions only. share: the key under which identical subscriptions
+     * (aliases included) share one upstream subscription, NULL when each
+     * client needs its own. unsubscribe: how to end it upstream.
+     */
+    const char *share;
+    const char *unsubscribe;
+};
+
 /* Flags for a method name (bytes without quotes). Unknown methods are plain reads: 0. */
 unsigned method_flags(const char *name, size_t len);
+
+/* The table entry of a method, or NULL for methods without one (subpool_* included). */
+const struct method_info *method_lookup(const char *name, size_t len);

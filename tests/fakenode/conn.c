@@ -1,5 +1,6 @@
 /*
- * The server side of one devnode connection: the HTTP upgrade, the websocket
+ * The server side of one devnode connection: TLS when the node has a
+ * certificate (an OpenSSL bufferevent), the HTTP upgrade, the websocket
  * session driven through wslay from a bufferevent, reply delivery with the
  * configured latency, subscriptions and the injected faults.
  *
@@ -15,8 +16,11 @@
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -498,13 +502,19 @@ static void conn_apply_fault(struct conn *c, enum fault_kind kind)
         c->reorder = true;
         break;
     case FAULT_REFUSE429:
+    case FAULT_FREEZE:
+    case FAULT_HANGUP:
+        /* Node-wide: new handshakes, the block clock. */
         break;
     }
 }
 
 static void conn_fault_all(struct devnode *dn, enum fault_kind kind)
 {
+    enum fault_kind was = dn->fault;
+
     dn->fault = kind;
+    devnode_fault_changed(dn, was);
     /* conn_apply_fault never unlinks a connection, so the walk is safe. */
     for (struct conn *c = dn->conns; c; c = c->next)
         if (!c->control)
@@ -625,8 +635,17 @@ static void conn_handshake(struct conn *c)
     }
     c->control = str_is(&h.target, "/control") ||
                  (h.target.len > 9 && memcmp(h.target.p, "/control?", 9) == 0);
+    if (!c->control && dn->fault == FAULT_HANGUP) {
+        /* A node going away mid-handshake: the request was read, nothing comes back. */
+        dn->n_hangups++;
+        conn_kill(c);
+        return;
+    }
     if (!c->control && dn->fault == FAULT_REFUSE429) {
-        conn_http_error(c, "429 Too Many Requests", "Retry-After: 1\r\n");
+        char extra[48];
+        snprintf(extra, sizeof(extra), "Retry-After: %u\r\n", (unsigned)dn->opt.retry_after_s);
+        dn->n_refused++;
+        conn_http_error(c, "429 Too Many Requests", extra);
         return;
     }
     if (wslay_event_context_server_init(&c->ws, &ws_callbacks, c) != 0) {
@@ -709,6 +728,19 @@ static void conn_on_event(struct bufferevent *bev, short what, void *arg)
 {
     struct conn *c = arg;
 
+    if (what & BEV_EVENT_CONNECTED) {
+        /* TLS: the handshake is done; the HTTP upgrade comes next. */
+        c->tls_up = true;
+        return;
+    }
+    if (c->dn->tls && !c->tls_up) {
+        /* The client refused our certificate, or spoke something else than TLS. */
+        c->dn->n_tls_failures++;
+        while (bufferevent_get_openssl_error(bev) != 0)
+            ;
+        ERR_clear_error();
+    }
+
     /* A peer that only shut down its side still gets what is already written. */
     if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) &&
         (c->state == CONN_WS || c->state == CONN_HTTP))
@@ -728,7 +760,19 @@ int conn_accept(struct devnode *dn, evutil_socket_t fd)
     }
     /* Replies are small and latency is what the benchmarks measure. */
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    c->bev = bufferevent_socket_new(dn->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (dn->tls) {
+        SSL *ssl = SSL_new(dn->tls);
+        /* The bufferevent owns the session (and the socket) from here, also on failure. */
+        c->bev = ssl ? bufferevent_openssl_socket_new(dn->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                                      BEV_OPT_CLOSE_ON_FREE)
+                     : NULL;
+        if (c->bev)
+            bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
+        else if (ssl)
+            SSL_free(ssl);
+    } else {
+        c->bev = bufferevent_socket_new(dn->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    }
     if (!c->bev) {
         evutil_closesocket(fd);
         free(c);

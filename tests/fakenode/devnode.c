@@ -1,7 +1,8 @@
 /*
  * subpool-devnode: a deterministic stand-in for a Subtensor node, for the
  * integration tests, the benchmarks and the Quick start's dev chain. This
- * file holds main: options, the listener, signals and the block clock.
+ * file holds main: options, the listener (plain or TLS), signals and the
+ * block clock.
  */
 #include "devnode.h"
 
@@ -18,6 +19,9 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
 #define PROG "subpool-devnode"
 
 static const char usage[] =
@@ -33,6 +37,9 @@ static const char usage[] =
     "  --seed N               seed of every hash, value and jitter draw (default 0)\n"
     "  --fault KIND           start with this fault on every connection (see devnode_fault)\n"
     "  --max-message BYTES    largest websocket message accepted (default 67108864)\n"
+    "  --retry-after SECONDS  Retry-After of the 429 answers under refuse429 (default 1)\n"
+    "  --tls-cert FILE        serve wss:// with this PEM certificate chain (needs --tls-key)\n"
+    "  --tls-key FILE         the PEM private key of --tls-cert\n"
     "  --help                 show this and exit\n"
     "\n"
     "Prints 'listening on HOST:PORT' once ready. SIGTERM or SIGINT exits 0.\n"
@@ -46,8 +53,8 @@ static const char usage[] =
     "Test control methods: devnode_stats, devnode_sleep [ms], devnode_echo [any],\n"
     "devnode_blob [bytes], devnode_newBlock (or dev_newBlock),\n"
     "devnode_fault [kind, \"conn\"|\"all\"] with kind one of none, close, stall,\n"
-    "garbage, garbage_binary, oversize, reorder, refuse429. Connections opened on\n"
-    "the path /control are exempt from faults of scope \"all\".\n";
+    "garbage, garbage_binary, oversize, reorder, refuse429, freeze, hangup.\n"
+    "Connections opened on the path /control are exempt from faults of scope \"all\".\n";
 
 static const char *const fault_names[] = {
     [FAULT_NONE] = "none",
@@ -58,6 +65,8 @@ static const char *const fault_names[] = {
     [FAULT_OVERSIZE] = "oversize",
     [FAULT_REORDER] = "reorder",
     [FAULT_REFUSE429] = "refuse429",
+    [FAULT_FREEZE] = "freeze",
+    [FAULT_HANGUP] = "hangup",
 };
 
 int fault_parse(const char *s, size_t len, enum fault_kind *ret)
@@ -119,6 +128,9 @@ static int options_parse(int argc, char **argv, struct options *opt)
         O_SEED,
         O_FAULT,
         O_MAX,
+        O_RETRY_AFTER,
+        O_TLS_CERT,
+        O_TLS_KEY,
         O_HELP
     };
     static const struct option longopts[] = {
@@ -131,6 +143,9 @@ static int options_parse(int argc, char **argv, struct options *opt)
         {"seed", required_argument, NULL, O_SEED},
         {"fault", required_argument, NULL, O_FAULT},
         {"max-message", required_argument, NULL, O_MAX},
+        {"retry-after", required_argument, NULL, O_RETRY_AFTER},
+        {"tls-cert", required_argument, NULL, O_TLS_CERT},
+        {"tls-key", required_argument, NULL, O_TLS_KEY},
         {"help", no_argument, NULL, O_HELP},
         {NULL, 0, NULL, 0},
     };
@@ -144,6 +159,7 @@ static int options_parse(int argc, char **argv, struct options *opt)
         .metadata_size = 600000,
         .call_size = 64,
         .max_message = 64u << 20,
+        .retry_after_s = 1,
     };
     while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         const char *name = NULL;
@@ -193,6 +209,17 @@ static int options_parse(int argc, char **argv, struct options *opt)
             r = parse_u64(optarg, 1024, (1u << 31) - 1, &v);
             opt->max_message = (size_t)v;
             break;
+        case O_RETRY_AFTER:
+            name = "--retry-after";
+            r = parse_u64(optarg, 0, 86400, &v);
+            opt->retry_after_s = (uint32_t)v;
+            break;
+        case O_TLS_CERT:
+            opt->tls_cert = optarg;
+            break;
+        case O_TLS_KEY:
+            opt->tls_key = optarg;
+            break;
         case O_HELP:
             fputs(usage, stdout);
             return 1;
@@ -209,7 +236,42 @@ static int options_parse(int argc, char **argv, struct options *opt)
         fprintf(stderr, PROG ": unexpected argument '%s'\n", argv[optind]);
         return -EINVAL;
     }
+    if (!opt->tls_cert != !opt->tls_key) {
+        fprintf(stderr, PROG ": --tls-cert and --tls-key go together\n");
+        return -EINVAL;
+    }
     return 0;
+}
+
+/* The server side of wss://: the given chain and key, TLS 1.2 or later. */
+static int devnode_tls_init(struct devnode *dn)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    const char *what = "cannot create a TLS context";
+
+    if (!ctx)
+        goto fail;
+    what = "TLS 1.2 minimum";
+    if (SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) != 1)
+        goto fail;
+    /* Clients that vanish without close_notify are ordinary here. */
+    SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
+    what = dn->opt.tls_cert;
+    if (SSL_CTX_use_certificate_chain_file(ctx, dn->opt.tls_cert) != 1)
+        goto fail;
+    what = dn->opt.tls_key;
+    if (SSL_CTX_use_PrivateKey_file(ctx, dn->opt.tls_key, SSL_FILETYPE_PEM) != 1 ||
+        SSL_CTX_check_private_key(ctx) != 1)
+        goto fail;
+    dn->tls = ctx;
+    return 0;
+fail : {
+    unsigned long e = ERR_peek_last_error();
+    fprintf(stderr, PROG ": TLS: %s: %s\n", what, e ? ERR_reason_error_string(e) : "failed");
+    ERR_clear_error();
+    SSL_CTX_free(ctx);
+    return -EINVAL;
+}
 }
 
 void devnode_new_block(struct devnode *dn)
@@ -228,7 +290,24 @@ void devnode_new_block(struct devnode *dn)
 
 static void on_block(evutil_socket_t fd, short what, void *arg)
 {
-    devnode_new_block(arg);
+    struct devnode *dn = arg;
+
+    /* Frozen: the clock runs on, the chain does not (a stalled node). */
+    if (dn->fault == FAULT_FREEZE) {
+        dn->missed_blocks++;
+        return;
+    }
+    devnode_new_block(dn);
+}
+
+void devnode_fault_changed(struct devnode *dn, enum fault_kind was)
+{
+    if (was != FAULT_FREEZE || dn->fault == FAULT_FREEZE)
+        return;
+    /* Like a node that resynced: back at the height it would have reached. */
+    fprintf(stderr, PROG ": unfrozen, catching up %" PRIu64 " blocks\n", dn->missed_blocks);
+    for (; dn->missed_blocks > 0; dn->missed_blocks--)
+        devnode_new_block(dn);
 }
 
 static void on_signal(evutil_socket_t sig, short what, void *arg)
@@ -369,6 +448,9 @@ static void devnode_stop(struct devnode *dn)
         event_free(dn->ev_int);
     if (dn->base)
         event_base_free(dn->base);
+    /* After the connections: their sessions hold references to it. */
+    if (dn->tls)
+        SSL_CTX_free(dn->tls);
     /* Last: replies still queued may have pointed at it. */
     free(dn->metadata);
     libevent_global_shutdown();
@@ -381,6 +463,9 @@ int main(int argc, char **argv)
     int r = options_parse(argc, argv, &dn.opt);
     if (r != 0)
         return r > 0 ? 0 : 2;
+    /* An unusable certificate or key is a usage error, like a bad option. */
+    if (dn.opt.tls_cert && devnode_tls_init(&dn) != 0)
+        return 2;
     /* A peer that vanishes must not kill us on the next write. */
     signal(SIGPIPE, SIG_IGN);
 

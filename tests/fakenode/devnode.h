@@ -18,6 +18,7 @@
 struct bufferevent;
 struct evbuffer;
 struct evconnlistener;
+struct ssl_ctx_st;
 
 enum fault_kind {
     FAULT_NONE = 0,
@@ -28,6 +29,8 @@ enum fault_kind {
     FAULT_OVERSIZE,       /* the next reply's result is a blob of 2 x max-message */
     FAULT_REORDER,        /* replies held and sent in swapped pairs */
     FAULT_REFUSE429,      /* new handshakes get 429 (scope "all" only) */
+    FAULT_FREEZE,         /* no new blocks until the fault is lifted, then catch up (scope "all") */
+    FAULT_HANGUP,         /* new handshakes: the connection is closed, unanswered (scope "all") */
 };
 
 int fault_parse(const char *s, size_t len, enum fault_kind *ret);
@@ -43,6 +46,9 @@ struct options {
     size_t max_message;
     uint64_t seed;
     enum fault_kind fault;
+    uint32_t retry_after_s; /* Retry-After of the 429 answers */
+    const char *tls_cert;   /* PEM chain: serve wss:// when set (with tls_key) */
+    const char *tls_key;
 };
 
 struct conn;
@@ -56,8 +62,10 @@ struct devnode {
     struct event *ev_int;
     struct event *ev_block;
     struct conn *conns;
-    enum fault_kind fault; /* scope "all": applies to every connection, also future ones */
-    uint64_t rng;          /* latency jitter */
+    enum fault_kind fault;  /* scope "all": applies to every connection, also future ones */
+    struct ssl_ctx_st *tls; /* --tls-cert: every connection is TLS */
+    uint64_t missed_blocks; /* block ticks skipped under FAULT_FREEZE */
+    uint64_t rng;           /* latency jitter */
     /* --latency-ms as a libevent common timeout: a FIFO queue, so that replies
      * with the same delay keep their order (the timer heap would not). */
     const struct timeval *latency_tv;
@@ -68,6 +76,10 @@ struct devnode {
     uint64_t n_subs;
     uint64_t n_requests;
     uint64_t n_handshakes;
+    uint64_t n_refused;      /* upgrades answered 429 */
+    uint64_t n_hangups;      /* upgrades left unanswered under FAULT_HANGUP */
+    uint64_t n_extrinsics;   /* author_submitExtrinsic calls dispatched */
+    uint64_t n_tls_failures; /* TLS handshakes that did not complete */
     /* state_getMetadata's whole result, quotes included; replies reference it. */
     char *metadata;
     size_t metadata_len;
@@ -78,6 +90,8 @@ struct devnode {
 
 /* Produce one block and notify subscribers. */
 void devnode_new_block(struct devnode *dn);
+/* A global fault changes from `was`: leaving FAULT_FREEZE produces the blocks it held back. */
+void devnode_fault_changed(struct devnode *dn, enum fault_kind was);
 
 /* --- connections (conn.c) --- */
 
@@ -123,6 +137,7 @@ struct conn {
     bool reorder;     /* FAULT_REORDER */
     bool oversize;    /* FAULT_OVERSIZE, armed */
     bool read_paused; /* too much unsent output: requests wait */
+    bool tls_up;      /* TLS connections: the TLS handshake completed */
     struct pending *pending;
     struct evbuffer *held; /* FAULT_REORDER: the first of a pair */
     uint64_t held_token;

@@ -637,6 +637,7 @@ static int m_submit_extrinsic(struct rpc_call *rc)
 
     if (!param_hex(rc, 0, &xt, &len) || len <= 2)
         return JSONRPC_INVALID_PARAMS;
+    dn->n_extrinsics++;
     rpc_result(rc);
     out_hex_stream(rc->out,
                    chain_hash_hex(chain_domain_key(&dn->chain, CHAIN_DOMAIN_EXTRINSIC), xt, len),
@@ -653,8 +654,11 @@ static int m_devnode_stats(struct rpc_call *rc)
     evbuffer_add_printf(rc->out,
                         "{\"connections\":%" PRIu64 ",\"subscriptions\":%" PRIu64
                         ",\"requests\":%" PRIu64 ",\"handshakes\":%" PRIu64 ",\"best\":%" PRIu64
-                        "}",
-                        dn->n_conns, dn->n_subs, dn->n_requests, dn->n_handshakes, dn->chain.best);
+                        ",\"refused\":%" PRIu64 ",\"hangups\":%" PRIu64 ",\"tls_failures\":%" PRIu64
+                        ",\"extrinsics\":%" PRIu64 ",\"frozen\":%s}",
+                        dn->n_conns, dn->n_subs, dn->n_requests, dn->n_handshakes, dn->chain.best,
+                        dn->n_refused, dn->n_hangups, dn->n_tls_failures, dn->n_extrinsics,
+                        dn->fault == FAULT_FREEZE ? "true" : "false");
     return 0;
 }
 
@@ -715,8 +719,8 @@ static int m_devnode_fault(struct rpc_call *rc)
         else if (len != 4 || memcmp(s, "conn", 4) != 0)
             return JSONRPC_INVALID_PARAMS;
     }
-    /* A 429 is about new handshakes: there is no connection to give it to. */
-    if (kind == FAULT_REFUSE429 && !all)
+    /* A 429 is about new handshakes, a frozen chain about the node: no connection to give it to. */
+    if ((kind == FAULT_REFUSE429 || kind == FAULT_FREEZE || kind == FAULT_HANGUP) && !all)
         return JSONRPC_INVALID_PARAMS;
     /* The reply goes out at once, before the fault takes hold, so that the
      * caller learns it was accepted even when the fault closes or stalls. */

@@ -70,18 +70,20 @@ def short_dir():
 
 @pytest.fixture
 def devnode(request, tmp_path):
-    """Factory: devnode(*extra_args, port=0, **options) -> harness.DevNode.
+    """Factory: devnode(*extra_args, port=0, host="127.0.0.1", url_host=None, **options)
+    -> harness.DevNode.
 
-    Options map to flags: block_ms=100 -> --block-ms 100; fault="close" -> --fault close.
+    Options map to flags: block_ms=100 -> --block-ms 100; fault="close" -> --fault close;
+    tls_cert=path -> --tls-cert path (the node then serves wss://).
     """
     _require(harness.devnode_binary())
     nodes = []
 
-    def make(*args, port=0, **options):
+    def make(*args, port=0, host="127.0.0.1", url_host=None, **options):
         argv = list(args)
         for key, value in options.items():
             argv += ["--" + key.replace("_", "-"), str(value)]
-        node = harness.DevNode(argv, tmp_path, port)
+        node = harness.DevNode(argv, tmp_path, port, host, url_host)
         nodes.append(node)
         node.start()
         return node

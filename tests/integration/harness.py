@@ -46,6 +46,14 @@ def devnode_binary() -> Path:
     return build_dir() / "tests" / "fakenode" / "subpool-devnode"
 
 
+def valgrind_usable(binary) -> bool:
+    """valgrind is installed and the binary is not a sanitizer build (the two cannot mix)."""
+    if not shutil.which("valgrind"):
+        return False
+    out = subprocess.run(["ldd", str(binary)], capture_output=True, text=True).stdout
+    return "libasan" not in out and "libubsan" not in out
+
+
 def poll(fetch, check, timeout, what, interval=0.05):
     """Call fetch() until check(value) holds; fail naming `what` and the last value seen."""
     deadline = time.monotonic() + timeout
@@ -251,14 +259,19 @@ class RpcError(Exception):
 
 
 class DevNode:
-    """A subpool-devnode on 127.0.0.1, plus one control websocket for devnode_* calls.
+    """A subpool-devnode on 127.0.0.1 (or `host`, e.g. "::1"), plus one control websocket
+    for devnode_* calls. With --tls-cert among the args it serves wss://; url_host names
+    it in the URL instead of the address (e.g. "localhost", for a certificate's DNS name).
 
     Created stopped: register it for cleanup, then call start()."""
 
-    def __init__(self, args, log_dir: Path, port: int = 0):
+    def __init__(self, args, log_dir: Path, port: int = 0, host: str = "127.0.0.1", url_host=None):
         self.args = list(args)
         self.log_dir = log_dir
         self.port = port
+        self.host = host
+        self.url_host = url_host
+        self.tls = "--tls-cert" in self.args
         self.proc = None
         self.stopped = False  # by the test
         self.generation = 0
@@ -268,15 +281,17 @@ class DevNode:
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
+        host = self.url_host or (f"[{self.host}]" if ":" in self.host else self.host)
+        return f"{'wss' if self.tls else 'ws'}://{host}:{self.port}"
 
     def start(self, timeout=10):
         assert self.proc is None or not self.proc.alive(), "devnode already running"
         self.generation += 1
-        argv = [devnode_binary(), "--listen", f"127.0.0.1:{self.port}", *self.args]
+        listen = f"[{self.host}]" if ":" in self.host else self.host
+        argv = [devnode_binary(), "--listen", f"{listen}:{self.port}", *self.args]
         self.proc = Process(argv, f"devnode-{self.generation}", self.log_dir)
         self.stopped = False
-        m = self.proc.expect(self.proc.stdout, rb"listening on ([0-9.]+):([0-9]+)", timeout)
+        m = self.proc.expect(self.proc.stdout, rb"listening on (\[[0-9a-f:]+\]|[0-9.]+):([0-9]+)", timeout)
         port = int(m.group(2))
         assert self.port in (0, port), f"devnode asked for port {self.port}, listens on {port}"
         self.port = port
@@ -286,8 +301,18 @@ class DevNode:
 
         if self._ws is None or self._ws.closed:
             # /control: the devnode exempts it from scope "all" faults (it still counts it).
+            extra = {}
+            if self.tls:
+                import ssl
+
+                # The test's own node, maybe with a deliberately bad certificate: no checks here.
+                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+                extra["ssl"] = ctx
             self._ws = await websockets.connect(
-                self.url + "/control", max_size=None, ping_interval=None, compression=None, open_timeout=5
+                self.url + "/control", max_size=None, ping_interval=None, compression=None, open_timeout=5,
+                **extra
             )
         self._next_id += 1
         rid = self._next_id

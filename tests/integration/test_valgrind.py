@@ -4,20 +4,12 @@ every upstream lost and reconnected, then SIGTERM. The daemon must exit 0 with
 no memory errors and no "definitely lost" bytes."""
 
 import re
-import shutil
-import subprocess
 import threading
 
 import pytest
 
 import harness
 
-VALGRIND = shutil.which("valgrind")
-
-
-def _sanitized(binary) -> bool:
-    out = subprocess.run(["ldd", str(binary)], capture_output=True, text=True).stdout
-    return "libasan" in out or "libubsan" in out
 
 
 def _pipelined_echoes(sock, client_no, count, problems):
@@ -34,14 +26,12 @@ def _pipelined_echoes(sock, client_no, count, problems):
 
 
 def test_load_under_valgrind_leaks_nothing(devnode, daemon, daemon_bin, tmp_path):
-    if not VALGRIND:
-        pytest.skip("valgrind is not installed (scripts/deps installs it)")
-    if _sanitized(daemon_bin):
-        pytest.skip("a sanitizer build cannot run under valgrind; the normal build runs this")
+    if not harness.valgrind_usable(daemon_bin):
+        pytest.skip("valgrind is missing or this is a sanitizer build (the normal build runs it)")
     vg_log = tmp_path / "valgrind.log"
     node = devnode()
     d = daemon(node, pool_size=2, log_level="info", ready_timeout=60,
-               wrapper=(VALGRIND, "--leak-check=full", "--show-leak-kinds=definite",
+               wrapper=("valgrind", "--leak-check=full", "--show-leak-kinds=definite",
                         "--errors-for-leak-kinds=definite", "--error-exitcode=99",
                         f"--log-file={vg_log}"),
                max_message="64K", reconnect_min="50ms", reconnect_max="200ms")

@@ -1,0 +1,954 @@
+/*
+ * Subscriptions: one struct sub per upstream subscription, one struct
+ * subscriber per client subscription. A sub knows how to (re)create itself
+ * upstream (method and normalised params), which upstream holds it, its
+ * upstream id, and the last notification, so a late joiner gets the current
+ * value at once and a re-created sub does not repeat it. Notifications are
+ * copied to each subscriber with the subscriber's own id spliced in.
+ * Notifications that overtake their subscribe reply wait as orphans on their
+ * upstream until the reply names them.
+ */
+#include "subs.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "session.h"
+#include "upstream.h"
+
+#define ORPHANS_MAX    256  /* per upstream */
+#define ORPHAN_MAX_AGE 10   /* seconds */
+#define HELD_MAX       4096 /* notifications held for a subscriber whose reply is in a batch */
+#define RETRY_MS       1000 /* re-create a lost sub again after this when it failed */
+#define SUB_ID_LEN     18   /* "0123456789abcdef" with quotes */
+
+enum sub_state {
+    SUB_SUBSCRIBING, /* an upstream subscribe is queued or in flight */
+    SUB_ACTIVE,      /* member and up_id are set */
+    SUB_RETRYING,    /* re-creating failed; the retry timer runs */
+};
+
+/* One key of a storage subscription and its latest value, both as JSON. */
+struct storage_item {
+    char *key;
+    size_t key_len;
+    char *value;
+    size_t value_len;
+};
+
+struct sub {
+    struct server *srv;
+    char *key;    /* share key + normalised params; NULL when not shared */
+    char *method; /* the subscribe method sent upstream */
+    char *unsub;  /* the unsubscribe method, or NULL */
+    char *params; /* normalised params sent upstream */
+    size_t params_len;
+    bool write; /* a watched extrinsic: never replayed */
+    enum sub_state state;
+    struct pool_member *member;
+    char *up_id; /* the upstream subscription id as JSON */
+    size_t up_id_len;
+    struct request *req; /* the subscribe in flight */
+    struct event retry;
+    struct subscriber_list subscribers;
+    unsigned n_subscribers;
+    char *notif_method; /* from the first notification */
+    char *last;         /* the last notification's result, for late joiners and dedup */
+    size_t last_len;
+    /*
+     * state_subscribeStorage sends only the keys that changed; a late joiner
+     * needs every key, so the latest value of each is kept.
+     */
+    bool storage;
+    struct storage_item *items;
+    size_t n_items;
+    uint64_t delivered;
+    TAILQ_ENTRY(sub) link;   /* srv->subs */
+    TAILQ_ENTRY(sub) m_link; /* member->subs */
+};
+
+struct subscriber {
+    struct sub *sub;
+    struct session *session;
+    char id[SUB_ID_LEN + 1];
+    char *req_id; /* while the subscribe reply is still owed */
+    size_t req_id_len;
+    struct batch *batch;   /* reply owed inside this batch, or written into it but not out */
+    bool announced;        /* the client has its reply: notifications may flow */
+    struct evbuffer *held; /* notifications that came before the batch reply went out */
+    unsigned n_held;
+    TAILQ_ENTRY(subscriber) s_link;   /* session's list */
+    TAILQ_ENTRY(subscriber) sub_link; /* sub->subscribers */
+};
+
+struct orphan {
+    char *msg;
+    size_t len;
+    time_t when;
+    TAILQ_ENTRY(orphan) link;
+};
+
+static void sub_start(struct sub *sub);
+
+static bool json_ws(char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+/* Compact JSON text: whitespace outside strings removed. out needs len bytes. */
+static size_t compact(const char *p, size_t len, char *out)
+{
+    size_t n = 0;
+    bool in_str = false, esc = false;
+
+    for (size_t i = 0; i < len; i++) {
+        char c = p[i];
+        if (in_str) {
+            if (esc)
+                esc = false;
+            else if (c == '\\')
+                esc = true;
+            else if (c == '"')
+                in_str = false;
+        } else if (c == '"') {
+            in_str = true;
+        } else if (json_ws(c)) {
+            continue;
+        }
+        out[n++] = c;
+    }
+    return n;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/*
+ * state_subscribeStorage([keys]): the same key set in any order or case is
+ * the same subscription. Writes `[["k1","k2",...]]` sorted, lowercased and
+ * without duplicates; returns -1 when params are not that shape.
+ */
+static int storage_params(const char *buf, const struct json_span *params, struct evbuffer *out)
+{
+    struct json_span keys, k;
+    size_t pos = 0, n = 0, cap = 0;
+    char **list = NULL;
+    int r = -1;
+
+    if (params->type != JSON_ARRAY || json_array_next(buf, params, &pos, &keys) <= 0 ||
+        keys.type != JSON_ARRAY)
+        return -1;
+    pos = 0;
+    while (json_array_next(buf, &keys, &pos, &k) > 0) {
+        if (k.type != JSON_STRING)
+            goto out;
+        if (n == cap) {
+            char **nl = realloc(list, (cap = cap ? cap * 2 : 8) * sizeof(*list));
+            if (!nl)
+                goto out;
+            list = nl;
+        }
+        list[n] = malloc(k.len + 1);
+        if (!list[n])
+            goto out;
+        for (size_t i = 0; i < k.len; i++) {
+            char c = buf[k.off + i];
+            list[n][i] = (c >= 'A' && c <= 'F') ? (char)(c - 'A' + 'a') : c;
+        }
+        list[n][k.len] = '\0';
+        n++;
+    }
+    qsort(list, n, sizeof(*list), cmp_str);
+    evbuffer_add(out, "[[", 2);
+    for (size_t i = 0; i < n; i++) {
+        if (i && strcmp(list[i], list[i - 1]) == 0)
+            continue;
+        if (i)
+            evbuffer_add(out, ",", 1);
+        evbuffer_add(out, list[i], strlen(list[i]));
+    }
+    evbuffer_add(out, "]]", 2);
+    r = 0;
+out:
+    for (size_t i = 0; i < n; i++)
+        free(list[i]);
+    free(list);
+    return r;
+}
+
+/* The params to send upstream, normalised so equal subscriptions compare equal. */
+static char *normalise_params(const char *buf, const struct json_span *params, const char *share,
+                              size_t *ret_len)
+{
+    char *out;
+
+    if (params->type == JSON_NONE || params->type == JSON_NULL) {
+        *ret_len = 2;
+        return strdup("[]");
+    }
+    if (share && strcmp(share, "state_subscribeStorage") == 0) {
+        struct evbuffer *eb = evbuffer_new();
+        size_t n;
+        if (!eb)
+            return NULL;
+        if (storage_params(buf, params, eb) == 0) {
+            n = evbuffer_get_length(eb);
+            out = malloc(n + 1);
+            if (out) {
+                evbuffer_remove(eb, out, n);
+                out[n] = '\0';
+                *ret_len = n;
+            }
+            evbuffer_free(eb);
+            return out;
+        }
+        evbuffer_free(eb);
+    }
+    out = malloc(params->len + 1);
+    if (!out)
+        return NULL;
+    *ret_len = compact(buf + params->off, params->len, out);
+    out[*ret_len] = '\0';
+    return out;
+}
+
+static void sub_count(struct server *srv, int delta)
+{
+    srv->n_subs = (unsigned)((int)srv->n_subs + delta);
+}
+
+static void sub_detach_member(struct sub *sub)
+{
+    if (!sub->member)
+        return;
+    TAILQ_REMOVE(&sub->member->subs, sub, m_link);
+    sub->member->n_subs--;
+    sub->member = NULL;
+    free(sub->up_id);
+    sub->up_id = NULL;
+    sub->up_id_len = 0;
+}
+
+static void sub_free(struct sub *sub)
+{
+    sub_detach_member(sub);
+    if (sub->req)
+        router_cancel(sub->srv->router, sub->req);
+    if (event_initialized(&sub->retry))
+        evtimer_del(&sub->retry);
+    TAILQ_REMOVE(&sub->srv->subs, sub, link);
+    sub_count(sub->srv, -1);
+    free(sub->key);
+    free(sub->method);
+    free(sub->unsub);
+    free(sub->params);
+    free(sub->notif_method);
+    free(sub->last);
+    for (size_t i = 0; i < sub->n_items; i++) {
+        free(sub->items[i].key);
+        free(sub->items[i].value);
+    }
+    free(sub->items);
+    free(sub);
+}
+
+static char *memdup(const char *p, size_t n)
+{
+    char *c = malloc(n ? n : 1);
+    if (c)
+        memcpy(c, p, n);
+    return c;
+}
+
+/* Fold one storage notification's changes into the kept values. */
+static void storage_merge(struct sub *sub, const char *res, size_t len)
+{
+    struct json_span whole = {0, len, JSON_OBJECT}, key, val, changes = {0}, pair, k, v;
+    size_t pos = 0;
+
+    if (json_validate(res, len, &whole) < 0 || whole.type != JSON_OBJECT)
+        return;
+    while (json_object_next(res, &whole, &pos, &key, &val) > 0)
+        if (json_string_eq(res, &key, "changes") && val.type == JSON_ARRAY)
+            changes = val;
+    if (changes.type != JSON_ARRAY)
+        return;
+    pos = 0;
+    while (json_array_next(res, &changes, &pos, &pair) > 0) {
+        size_t ppos = 0, i;
+        if (pair.type != JSON_ARRAY || json_array_next(res, &pair, &ppos, &k) <= 0 ||
+            json_array_next(res, &pair, &ppos, &v) <= 0)
+            continue;
+        for (i = 0; i < sub->n_items; i++)
+            if (sub->items[i].key_len == k.len &&
+                memcmp(sub->items[i].key, res + k.off, k.len) == 0)
+                break;
+        if (i == sub->n_items) {
+            struct storage_item *ni = realloc(sub->items, (i + 1) * sizeof(*ni));
+            if (!ni)
+                return;
+            sub->items = ni;
+            ni[i].key = memdup(res + k.off, k.len);
+            ni[i].key_len = k.len;
+            ni[i].value = NULL;
+            if (!ni[i].key)
+                return;
+            sub->n_items++;
+        }
+        char *nv = memdup(res + v.off, v.len);
+        if (!nv)
+            return;
+        free(sub->items[i].value);
+        sub->items[i].value = nv;
+        sub->items[i].value_len = v.len;
+    }
+}
+
+/* {"block":<the latest>,"changes":[[key,value],...every key...]} for a late joiner. */
+static char *storage_current(const struct sub *sub, size_t *ret_len)
+{
+    struct evbuffer *eb = evbuffer_new();
+    struct json_span whole = {0, sub->last_len, JSON_OBJECT}, key, val, block = {0};
+    size_t pos = 0, n;
+    char *out = NULL;
+
+    if (!eb)
+        return NULL;
+    if (json_validate(sub->last, sub->last_len, &whole) == 0 && whole.type == JSON_OBJECT)
+        while (json_object_next(sub->last, &whole, &pos, &key, &val) > 0)
+            if (json_string_eq(sub->last, &key, "block"))
+                block = val;
+    evbuffer_add(eb, "{\"block\":", 9);
+    if (block.type != JSON_NONE)
+        evbuffer_add(eb, sub->last + block.off, block.len);
+    else
+        evbuffer_add(eb, "null", 4);
+    evbuffer_add(eb, ",\"changes\":[", 12);
+    for (size_t i = 0; i < sub->n_items; i++) {
+        evbuffer_add(eb, i ? ",[" : "[", i ? 2 : 1);
+        evbuffer_add(eb, sub->items[i].key, sub->items[i].key_len);
+        evbuffer_add(eb, ",", 1);
+        evbuffer_add(eb, sub->items[i].value, sub->items[i].value_len);
+        evbuffer_add(eb, "]", 1);
+    }
+    evbuffer_add(eb, "]}", 2);
+    n = evbuffer_get_length(eb);
+    out = malloc(n);
+    if (out) {
+        evbuffer_remove(eb, out, n);
+        *ret_len = n;
+    }
+    evbuffer_free(eb);
+    return out;
+}
+
+/* End the upstream side of a sub nobody wants any more. */
+static void sub_release(struct sub *sub)
+{
+    if (sub->state == SUB_SUBSCRIBING && sub->req && sub->req->member) {
+        /* Sent: the reply will create it upstream; sub_subscribed ends it then. */
+        return;
+    }
+    if (sub->state == SUB_ACTIVE && sub->unsub && sub->member) {
+        size_t n = sub->up_id_len + 2;
+        char *params = malloc(n);
+        if (params) {
+            params[0] = '[';
+            memcpy(params + 1, sub->up_id, sub->up_id_len);
+            params[n - 1] = ']';
+            router_internal(sub->srv->router, sub->unsub, params, n, 0, REQUEST_PICK_TARGET,
+                            sub->member, NULL, NULL);
+            free(params);
+        }
+        log_debug("upstream %u: unsubscribed %s (no subscribers left)", sub->member->index,
+                  sub->method);
+    }
+    sub_free(sub);
+}
+
+/* Take a subscriber off its sub and session and free it; the sub is left as it is. */
+static void subscriber_unlink(struct subscriber *sb)
+{
+    TAILQ_REMOVE(&sb->sub->subscribers, sb, sub_link);
+    sb->sub->n_subscribers--;
+    TAILQ_REMOVE(session_subscribers(sb->session), sb, s_link);
+    if (sb->held)
+        evbuffer_free(sb->held);
+    free(sb->req_id);
+    free(sb);
+}
+
+/* Free every subscriber, then the sub: its upstream side is already gone or ends itself. */
+static void sub_drop(struct sub *sub)
+{
+    struct subscriber *sb;
+    while ((sb = TAILQ_FIRST(&sub->subscribers)))
+        subscriber_unlink(sb);
+    sub_free(sub);
+}
+
+static void subscriber_free(struct subscriber *sb)
+{
+    struct sub *sub = sb->sub;
+
+    subscriber_unlink(sb);
+    if (sub->n_subscribers == 0)
+        sub_release(sub);
+}
+
+/* A message for one subscriber: msg with the subscription value replaced by its id. */
+static void subscriber_send(struct subscriber *sb, const char *msg, size_t before, size_t after_off,
+                            size_t len)
+{
+    struct iovec parts[3] = {
+        {(void *)msg, before},
+        {sb->id, SUB_ID_LEN},
+        {(void *)(msg + after_off), len - after_off},
+    };
+
+    if (sb->announced) {
+        session_deliver(sb->session, NULL, parts, 3);
+        return;
+    }
+    if (!sb->held && !(sb->held = evbuffer_new()))
+        return;
+    if (sb->n_held >= HELD_MAX)
+        return; /* a batch this slow has bigger problems; the client is told by the gap */
+    uint32_t n = (uint32_t)len - (uint32_t)(after_off - before) + SUB_ID_LEN;
+    evbuffer_add(sb->held, &n, sizeof(n));
+    for (int i = 0; i < 3; i++)
+        evbuffer_add(sb->held, parts[i].iov_base, parts[i].iov_len);
+    sb->n_held++;
+}
+
+/* A synthetic notification {"jsonrpc","method","params":{"subscription","result"|"error"}}. */
+static void subscriber_notify(struct subscriber *sb, const char *method, const char *member,
+                              const char *value, size_t value_len)
+{
+    struct evbuffer *eb = evbuffer_new();
+    size_t before, n;
+    const char *p;
+
+    if (!eb)
+        return;
+    evbuffer_add_printf(
+        eb, "{\"jsonrpc\":\"2.0\",\"method\":\"%s\",\"params\":{\"subscription\":", method);
+    before = evbuffer_get_length(eb);
+    evbuffer_add(eb, sb->id, SUB_ID_LEN);
+    evbuffer_add_printf(eb, ",\"%s\":", member);
+    evbuffer_add(eb, value, value_len);
+    evbuffer_add(eb, "}}", 2);
+    n = evbuffer_get_length(eb);
+    p = (const char *)evbuffer_pullup(eb, (ev_ssize_t)n);
+    subscriber_send(sb, p, before, before + SUB_ID_LEN, n);
+    evbuffer_free(eb);
+}
+
+/* The reply owed to a new subscriber: its own id as the result. */
+static void subscriber_reply(struct subscriber *sb)
+{
+    static const char head[] = "{\"jsonrpc\":\"2.0\",\"result\":";
+    struct iovec parts[5] = {
+        {(void *)head, sizeof(head) - 1},
+        {sb->id, SUB_ID_LEN},
+        {",\"id\":", 6},
+        {sb->req_id, sb->req_id_len},
+        {"}", 1},
+    };
+    struct batch *b = sb->batch;
+
+    sb->announced = b == NULL;
+    session_deliver(sb->session, b, parts, 5);
+    free(sb->req_id);
+    sb->req_id = NULL;
+}
+
+/* The current value to a subscriber that just got its reply. */
+static void subscriber_catch_up(struct subscriber *sb)
+{
+    struct sub *sub = sb->sub;
+    size_t len;
+    char *cur;
+
+    if (!sub->last || !sub->notif_method)
+        return;
+    if (sub->storage && (cur = storage_current(sub, &len))) {
+        subscriber_notify(sb, sub->notif_method, "result", cur, len);
+        free(cur);
+        return;
+    }
+    subscriber_notify(sb, sub->notif_method, "result", sub->last, sub->last_len);
+}
+
+/* End every subscriber of sub with a final error notification, then the sub itself. */
+static void sub_end(struct sub *sub, int code, const char *message)
+{
+    struct subscriber *sb;
+    char err[400], text[300];
+    int n;
+
+    json_escape(text, sizeof(text), message, strlen(message));
+    n = snprintf(err, sizeof(err), "{\"code\":%d,\"message\":%s}", code, text);
+    log_info("subscription %s ended for %u clients: %s", sub->method, sub->n_subscribers, message);
+    TAILQ_FOREACH(sb, &sub->subscribers, sub_link)
+    {
+        if (sb->req_id) {
+            session_error(sb->session, sb->batch, sb->req_id, sb->req_id_len, code, message);
+        } else {
+            subscriber_notify(sb, sub->notif_method ? sub->notif_method : sub->method, "error", err,
+                              (size_t)n);
+        }
+    }
+    sub_drop(sub);
+}
+
+static void orphans_expire(struct pool_member *m, time_t now)
+{
+    struct orphan *o;
+    while ((o = TAILQ_FIRST(&m->orphans)) && now - o->when > ORPHAN_MAX_AGE) {
+        TAILQ_REMOVE(&m->orphans, o, link);
+        m->n_orphans--;
+        free(o->msg);
+        free(o);
+    }
+}
+
+static void orphans_free(struct pool_member *m)
+{
+    orphans_expire(m, (time_t)1 << 62);
+}
+
+static bool sub_deliver(struct sub *sub, const char *msg, size_t len, const struct jsonrpc_msg *jm);
+
+/* Notifications for sub that arrived before its subscribe reply, in arrival order. */
+static void orphans_adopt(struct sub *sub)
+{
+    struct pool_member *m = sub->member;
+    struct orphan *o, *next;
+
+    for (o = TAILQ_FIRST(&m->orphans); o; o = next) {
+        struct jsonrpc_msg jm;
+        next = TAILQ_NEXT(o, link);
+        if (jsonrpc_scan(o->msg, o->len, &jm) < 0 || jm.sub.len != sub->up_id_len ||
+            memcmp(o->msg + jm.sub.off, sub->up_id, sub->up_id_len) != 0)
+            continue;
+        TAILQ_REMOVE(&m->orphans, o, link);
+        m->n_orphans--;
+        bool alive = sub_deliver(sub, o->msg, o->len, &jm);
+        free(o->msg);
+        free(o);
+        if (!alive)
+            break;
+    }
+}
+
+static void retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    sub_start(arg);
+}
+
+static void sub_subscribed(void *ctx, struct pool_member *m, const char *msg, size_t len,
+                           const struct jsonrpc_msg *jm, int code, const char *message)
+{
+    struct sub *sub = ctx;
+    struct subscriber *sb, *next;
+    (void)len;
+
+    sub->req = NULL;
+    if (!msg) {
+        bool announced = false;
+        TAILQ_FOREACH(sb, &sub->subscribers, sub_link)
+        announced |= sb->req_id == NULL;
+        if (announced && !sub->write) {
+            /* Clients already hold ids: keep trying, they only see a pause. */
+            struct timeval tv = {RETRY_MS / 1000, (RETRY_MS % 1000) * 1000};
+            log_warn("subscription %s: re-creating failed (%s); retrying", sub->method, message);
+            sub->state = SUB_RETRYING;
+            evtimer_add(&sub->retry, &tv);
+            /* Those still waiting for their reply get the error now. */
+            for (sb = TAILQ_FIRST(&sub->subscribers); sb; sb = next) {
+                next = TAILQ_NEXT(sb, sub_link);
+                if (sb->req_id) {
+                    session_error(sb->session, sb->batch, sb->req_id, sb->req_id_len, code,
+                                  message);
+                    subscriber_free(sb);
+                }
+            }
+            return;
+        }
+        sub_end(sub, code, message);
+        return;
+    }
+    if (jm->error.type != JSON_NONE) {
+        char *err = strndup(msg + jm->error.off, jm->error.len);
+        /* The node refused: pending subscribers get its error, the others a final one. */
+        for (sb = TAILQ_FIRST(&sub->subscribers); sb; sb = next) {
+            next = TAILQ_NEXT(sb, sub_link);
+            if (sb->req_id) {
+                static const char head[] = "{\"jsonrpc\":\"2.0\",\"error\":";
+                struct iovec parts[5] = {
+                    {(void *)head, sizeof(head) - 1},
+                    {(void *)(msg + jm->error.off), jm->error.len},
+                    {",\"id\":", 6},
+                    {sb->req_id, sb->req_id_len},
+                    {"}", 1},
+                };
+                session_deliver(sb->session, sb->batch, parts, 5);
+                free(sb->req_id);
+                sb->req_id = NULL;
+            } else if (err) {
+                subscriber_notify(sb, sub->notif_method ? sub->notif_method : sub->method, "error",
+                                  err, strlen(err));
+            }
+        }
+        free(err);
+        sub_drop(sub);
+        return;
+    }
+    sub->up_id = malloc(jm->result.len);
+    if (!sub->up_id) {
+        sub_end(sub, JSONRPC_INTERNAL_ERROR, "out of memory");
+        return;
+    }
+    memcpy(sub->up_id, msg + jm->result.off, jm->result.len);
+    sub->up_id_len = jm->result.len;
+    sub->member = m;
+    m->n_subs++;
+    TAILQ_INSERT_TAIL(&m->subs, sub, m_link);
+    sub->state = SUB_ACTIVE;
+    log_debug("upstream %u: subscribed %s for %u clients", m->index, sub->method,
+              sub->n_subscribers);
+    if (sub->n_subscribers == 0) {
+        sub_release(sub);
+        return;
+    }
+    for (sb = TAILQ_FIRST(&sub->subscribers); sb; sb = next) {
+        next = TAILQ_NEXT(sb, sub_link);
+        if (sb->req_id)
+            subscriber_reply(sb);
+    }
+    orphans_adopt(sub);
+}
+
+static void sub_start(struct sub *sub)
+{
+    unsigned flags = sub->write ? METHOD_WRITE : 0;
+
+    sub->state = SUB_SUBSCRIBING;
+    sub->req = router_internal(sub->srv->router, sub->method, sub->params, sub->params_len, flags,
+                               REQUEST_PICK_SUBS, NULL, sub_subscribed, sub);
+    if (!sub->req)
+        sub_end(sub, JSONRPC_INTERNAL_ERROR, "out of memory");
+}
+
+static struct sub *sub_find(struct server *srv, const char *key)
+{
+    struct sub *sub;
+    TAILQ_FOREACH(sub, &srv->subs, link)
+    if (sub->key && strcmp(sub->key, key) == 0)
+        return sub;
+    return NULL;
+}
+
+static void format_sub_id(struct server *srv, char out[SUB_ID_LEN + 1])
+{
+    /* Multiplying by an odd constant is a bijection: unique, not guessable at a glance. */
+    uint64_t v = ++srv->next_sub_id * 0x9e3779b97f4a7c15ull;
+    snprintf(out, SUB_ID_LEN + 1, "\"%016llx\"", (unsigned long long)v);
+}
+
+void subs_subscribe(struct server *srv, struct session *s, struct batch *b, const char *buf,
+                    const struct jsonrpc_msg *m, const struct method_info *mi)
+{
+    struct subscriber *sb = NULL;
+    struct sub *sub = NULL;
+    char *params = NULL, *key = NULL;
+    size_t params_len = 0;
+    bool created = false;
+
+    params = normalise_params(buf, &m->params, mi->share, &params_len);
+    if (!params)
+        goto nomem;
+    if (mi->share) {
+        key = malloc(strlen(mi->share) + 1 + params_len + 1);
+        if (!key)
+            goto nomem;
+        sprintf(key, "%s %s", mi->share, params);
+        sub = sub_find(srv, key);
+    }
+    if (!sub) {
+        sub = calloc(1, sizeof(*sub));
+        if (!sub)
+            goto nomem;
+        created = true;
+        sub->srv = srv;
+        sub->key = key;
+        key = NULL;
+        sub->method =
+            mi->share ? strdup(mi->share) : strndup(buf + m->method.off + 1, m->method.len - 2);
+        sub->unsub = mi->unsubscribe ? strdup(mi->unsubscribe) : NULL;
+        sub->params = params;
+        sub->params_len = params_len;
+        params = NULL;
+        sub->write = (mi->flags & METHOD_WRITE) != 0;
+        sub->storage = mi->share && strcmp(mi->share, "state_subscribeStorage") == 0;
+        TAILQ_INIT(&sub->subscribers);
+        evtimer_assign(&sub->retry, srv->base, retry_cb, sub);
+        TAILQ_INSERT_TAIL(&srv->subs, sub, link);
+        sub_count(srv, 1);
+        if (!sub->method || (mi->unsubscribe && !sub->unsub)) {
+            sub_free(sub);
+            goto nomem;
+        }
+    }
+    free(params);
+    free(key);
+    sb = calloc(1, sizeof(*sb));
+    if (!sb || !(sb->req_id = malloc(m->id.len))) {
+        free(sb);
+        if (created)
+            sub_free(sub);
+        goto nomem_noparams;
+    }
+    memcpy(sb->req_id, buf + m->id.off, m->id.len);
+    sb->req_id_len = m->id.len;
+    sb->sub = sub;
+    sb->session = s;
+    sb->batch = b;
+    format_sub_id(srv, sb->id);
+    TAILQ_INSERT_TAIL(&sub->subscribers, sb, sub_link);
+    sub->n_subscribers++;
+    TAILQ_INSERT_TAIL(session_subscribers(s), sb, s_link);
+    if (created) {
+        sub_start(sub);
+    } else if (sub->state == SUB_ACTIVE) {
+        subscriber_reply(sb);
+        subscriber_catch_up(sb);
+    }
+    /* Otherwise the reply comes with the upstream's (sub_subscribed). */
+    return;
+nomem:
+    free(params);
+    free(key);
+nomem_noparams:
+    session_error(s, b, buf + m->id.off, m->id.len, JSONRPC_INTERNAL_ERROR, "out of memory");
+}
+
+void subs_unsubscribe(struct server *srv, struct session *s, struct batch *b, const char *buf,
+                      const struct jsonrpc_msg *m)
+{
+    static const char head[] = "{\"jsonrpc\":\"2.0\",\"result\":";
+    struct json_span id = {0};
+    struct subscriber *sb;
+    size_t pos = 0;
+    bool found = false;
+    (void)srv;
+
+    if (m->params.type == JSON_ARRAY)
+        json_array_next(buf, &m->params, &pos, &id);
+    TAILQ_FOREACH(sb, session_subscribers(s), s_link)
+    {
+        if (id.len == SUB_ID_LEN && memcmp(buf + id.off, sb->id, SUB_ID_LEN) == 0 && !sb->req_id) {
+            found = true;
+            break;
+        }
+    }
+    if (found)
+        subscriber_free(sb);
+    struct iovec parts[5] = {
+        {(void *)head, sizeof(head) - 1},
+        {found ? "true" : "false", found ? 4 : 5},
+        {",\"id\":", 6},
+        {(void *)(buf + m->id.off), m->id.len},
+        {"}", 1},
+    };
+    session_deliver(s, b, parts, 5);
+}
+
+void subs_session_gone(struct server *srv, struct subscriber_list *list)
+{
+    struct subscriber *sb;
+    (void)srv;
+    while ((sb = TAILQ_FIRST(list))) {
+        sb->batch = NULL;
+        subscriber_free(sb);
+    }
+}
+
+void subs_batch_done(struct subscriber_list *list, struct batch *b)
+{
+    struct subscriber *sb;
+
+    TAILQ_FOREACH(sb, list, s_link)
+    {
+        if (sb->batch != b || sb->req_id)
+            continue;
+        sb->batch = NULL;
+        sb->announced = true;
+        while (sb->held && evbuffer_get_length(sb->held) >= sizeof(uint32_t)) {
+            uint32_t n;
+            evbuffer_remove(sb->held, &n, sizeof(n));
+            struct iovec part = {evbuffer_pullup(sb->held, n), n};
+            session_deliver(sb->session, NULL, &part, 1);
+            evbuffer_drain(sb->held, n);
+        }
+        sb->n_held = 0;
+    }
+}
+
+/* A watched extrinsic's last status: the node ends the subscription itself. */
+static bool extrinsic_final(const char *res, size_t len)
+{
+    static const char *const finals[] = {"\"dropped\"", "\"invalid\"", "{\"finalized\"",
+                                         "{\"usurped\"", "{\"finalityTimeout\""};
+    for (size_t i = 0; i < sizeof(finals) / sizeof(finals[0]); i++) {
+        size_t n = strlen(finals[i]);
+        if (len >= n && memcmp(res, finals[i], n) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* Returns false when the sub ended with this notification (and is freed). */
+static bool sub_deliver(struct sub *sub, const char *msg, size_t len, const struct jsonrpc_msg *jm)
+{
+    struct subscriber *sb, *next;
+    const char *res = msg + jm->sub_result.off;
+    size_t res_len = jm->sub_result.len;
+
+    if (jm->sub_result.type != JSON_NONE) {
+        /* After a re-subscribe the node repeats the current value: clients have it already. */
+        if (sub->key && sub->last && sub->last_len == res_len &&
+            memcmp(sub->last, res, res_len) == 0)
+            return true;
+        char *copy = memdup(res, res_len);
+        if (copy) {
+            free(sub->last);
+            sub->last = copy;
+            sub->last_len = res_len;
+        }
+        if (sub->storage)
+            storage_merge(sub, res, res_len);
+    }
+    if (!sub->notif_method)
+        sub->notif_method = strndup(msg + jm->method.off + 1, jm->method.len - 2);
+    sub->delivered++;
+    for (sb = TAILQ_FIRST(&sub->subscribers); sb; sb = next) {
+        next = TAILQ_NEXT(sb, sub_link);
+        if (!sb->req_id)
+            subscriber_send(sb, msg, jm->sub.off, jm->sub.off + jm->sub.len, len);
+    }
+    if (sub->write && jm->sub_result.type != JSON_NONE && extrinsic_final(res, res_len)) {
+        sub_drop(sub);
+        return false;
+    }
+    return true;
+}
+
+void subs_on_notification(struct server *srv, struct pool_member *m, const char *msg, size_t len,
+                          const struct jsonrpc_msg *jm)
+{
+    struct sub *sub;
+    struct orphan *o;
+    time_t now;
+    (void)srv;
+
+    if (jm->sub.type == JSON_NONE) {
+        log_debug("upstream %u: dropped a notification without a subscription", m->index);
+        return;
+    }
+    TAILQ_FOREACH(sub, &m->subs, m_link)
+    {
+        if (sub->up_id_len == jm->sub.len &&
+            memcmp(sub->up_id, msg + jm->sub.off, jm->sub.len) == 0) {
+            sub_deliver(sub, msg, len, jm);
+            return;
+        }
+    }
+    /* Possibly ahead of the reply that names it: keep it a little while. */
+    now = time(NULL);
+    orphans_expire(m, now);
+    if (m->n_orphans >= ORPHANS_MAX) {
+        o = TAILQ_FIRST(&m->orphans);
+        TAILQ_REMOVE(&m->orphans, o, link);
+        free(o->msg);
+        free(o);
+        m->n_orphans--;
+    }
+    o = calloc(1, sizeof(*o));
+    if (!o || !(o->msg = malloc(len))) {
+        free(o);
+        return;
+    }
+    memcpy(o->msg, msg, len);
+    o->len = len;
+    o->when = now;
+    TAILQ_INSERT_TAIL(&m->orphans, o, link);
+    m->n_orphans++;
+}
+
+void subs_on_lost(struct server *srv, struct pool_member *m)
+{
+    struct sub *sub;
+    unsigned n_moved = 0, n_ended = 0;
+    (void)srv;
+
+    orphans_free(m);
+    while ((sub = TAILQ_FIRST(&m->subs))) {
+        sub_detach_member(sub);
+        if (sub->key) {
+            /* Shared: re-create elsewhere; clients keep their ids. */
+            n_moved++;
+            sub_start(sub);
+        } else {
+            n_ended++;
+            sub_end(sub, sub->write ? SUBPOOL_ERR_UNKNOWN_WRITE : SUBPOOL_ERR_UPSTREAM_LOST,
+                    sub->write ? "upstream connection lost while watching this extrinsic; "
+                                 "its outcome is unknown"
+                               : "upstream connection lost; this subscription cannot be "
+                                 "moved and has ended");
+        }
+    }
+    if (n_moved || n_ended)
+        log_info("upstream %u: %u subscriptions moved, %u ended", m->index, n_moved, n_ended);
+}
+
+void subs_status(struct server *srv, struct evbuffer *out)
+{
+    static const char *const states[] = {"subscribing", "active", "retrying"};
+    struct sub *sub;
+    bool first = true;
+
+    evbuffer_add(out, "[", 1);
+    TAILQ_FOREACH(sub, &srv->subs, link)
+    {
+        char kind[300];
+        json_escape(kind, sizeof(kind), sub->method, strlen(sub->method));
+        evbuffer_add_printf(out, "%s{\"kind\":%s,\"params\":", first ? "" : ",", kind);
+        evbuffer_add(out, sub->params, sub->params_len);
+        evbuffer_add_printf(out, ",\"shared\":%s,\"state\":\"%s\",\"subscribers\":%u,",
+                            sub->key ? "true" : "false", states[sub->state], sub->n_subscribers);
+        if (sub->member)
+            evbuffer_add_printf(out, "\"upstream\":%u,", sub->member->index);
+        else
+            evbuffer_add(out, "\"upstream\":null,", 16);
+        evbuffer_add_printf(out, "\"delivered\":%llu}", (unsigned long long)sub->delivered);
+        first = false;
+    }
+    evbuffer_add(out, "]", 1);
+}
+
+void subs_free_all(struct server *srv)
+{
+    struct sub *sub;
+    while ((sub = TAILQ_FIRST(&srv->subs)))
+        sub_free(sub);
+    for (unsigned i = 0; srv->pool && i < srv->pool->n; i++)
+        orphans_free(&srv->pool->members[i]);
+}
