@@ -493,6 +493,16 @@ struct request *router_internal(struct router *rt, const char *method, const cha
     r->wire[r->wire_len++] = '}';
     evtimer_assign(&r->timer, rt->srv->base, request_timeout_cb, r);
     evtimer_add(&r->timer, rt->timeout_tv);
+    if (pick == REQUEST_PICK_TARGET) {
+        /*
+         * Bound to one link (an unsubscribe): it skips the queue, and when the
+         * link is not ready there is nothing left to do on it.
+         */
+        if (request_send(rt, r))
+            return r;
+        request_free(r);
+        return NULL;
+    }
     if (!(TAILQ_EMPTY(&rt->queue) && request_send(rt, r)))
         queue_push(rt, r, false);
     return r;

@@ -240,7 +240,8 @@ void router_fail_all(struct router *rt, int code, const char *message);
 void router_drop_orphans(struct router *rt);
 /*
  * Send {"method": method, "params": params} on behalf of the daemon itself.
- * Returns the request (to cancel it) or NULL when out of memory.
+ * Returns the request (to cancel it), or NULL when out of memory or when a
+ * REQUEST_PICK_TARGET link is not ready (such requests never wait).
  */
 struct request *router_internal(struct router *rt, const char *method, const char *params,
                                 size_t params_len, unsigned flags, enum request_pick pick,

@@ -5,7 +5,7 @@ link has shown the primary healthy again. Clients only see answers meanwhile."""
 import re
 import time
 
-from harness import BackgroundTraffic, check_reply_ok, free_tcp_port
+from harness import BackgroundTraffic, check_reply_ok, free_tcp_port, poll
 
 # Small timeouts so that failures are seen in well under a second.
 FAST = {"reconnect_min": "50ms", "reconnect_max": "300ms", "health_interval": "200ms",
@@ -31,7 +31,11 @@ def start(devnode, daemon, *node_args, pool_size=2, **options):
     return primary, fallback, d
 
 
-def log_after(d, mark: int) -> str:
+def log_after(d, mark: int, *needles) -> str:
+    """The log written after `mark`, once it holds every needle (another thread reads it,
+    so it may trail what status already shows)."""
+    poll(lambda: d.log[mark:], lambda text: all(n in text for n in needles), 10,
+         f"{needles} in the log")
     return d.log[mark:]
 
 
@@ -57,9 +61,10 @@ def test_primary_stopped_then_back(devnode, daemon):
     mark = len(d.log)
     primary.restart()
     d.wait_status(lambda s: on(s, 0), "the pool back on the primary", timeout=15)
-    later = log_after(d, mark)
+    up_line = f"endpoint 0 (ws://127.0.0.1:{primary.port}) is up"
+    later = log_after(d, mark, up_line, "moving from endpoint 1")
     # Checked, not assumed: the watch link saw the primary answer before any member moved.
-    up = later.find(f"endpoint 0 (ws://127.0.0.1:{primary.port}) is up")
+    up = later.find(up_line)
     moved = later.find("moving from endpoint 1")
     assert 0 <= up < moved, later[-3000:]
     # Members moved back one at a time, each idle when it left.
@@ -67,8 +72,6 @@ def test_primary_stopped_then_back(devnode, daemon):
     bg.stop(min_ok=10)
     d.wait_status(lambda s: watched(s, 1), "the fallback watched again")
     assert primary.upstream_connections() == 2
-    from harness import poll
-
     poll(fallback.upstream_connections, lambda n: n == 1, 10, "only the watch link on the fallback")
 
 
@@ -126,18 +129,16 @@ def test_stale_primary_is_taken_out_of_rotation(devnode, daemon):
     assert s["endpoints"][0]["stale"] is True and s["endpoints"][1]["stale"] is False
     assert s["endpoints"][0]["status"] == "up", "it answers, it is just stuck"
     assert s["endpoints"][1]["best"] > s["endpoints"][0]["best"]
-    assert re.search(r"endpoint 0 \(\S+\) is stale: best block \d+ for \d+ ms while endpoint 1",
-                     d.log)
-    poll_conns = lambda: primary.upstream_connections()  # noqa: E731
-    from harness import poll
-
-    poll(poll_conns, lambda n: n == 1, 10, "only the watch link left on the stale primary")
+    poll(lambda: re.search(r"endpoint 0 \(\S+\) is stale: best block \d+ for \d+ ms while "
+                           r"endpoint 1", d.log), bool, 10, "the stale endpoint in the log")
+    poll(primary.upstream_connections, lambda n: n == 1, 10,
+         "only the watch link left on the stale primary")
 
     mark = len(d.log)
     primary.fault("none")  # it catches up with the blocks it missed, and advances again
     d.wait_status(lambda s: on(s, 0) and not s["endpoints"][0]["stale"], "the pool back on the primary",
                   timeout=15)
-    assert "is current again" in log_after(d, mark)
+    log_after(d, mark, "is current again")
     bg.stop(min_ok=10)
 
 
