@@ -750,11 +750,16 @@ void subs_unsubscribe(struct server *srv, struct session *s, struct batch *b, co
     bool found = false;
     (void)srv;
 
+    const struct method_info *mi = method_lookup(buf + m->method.off + 1, m->method.len - 2);
+
     if (m->params.type == JSON_ARRAY)
         json_array_next(buf, &m->params, &pos, &id);
     TAILQ_FOREACH(sb, session_subscribers(s), s_link)
     {
-        if (id.len == SUB_ID_LEN && memcmp(buf + id.off, sb->id, SUB_ID_LEN) == 0 && !sb->req_id) {
+        /* Like a node: the id must be the caller's, and of the kind this method ends. */
+        if (id.len == SUB_ID_LEN && memcmp(buf + id.off, sb->id, SUB_ID_LEN) == 0 && !sb->req_id &&
+            mi && mi->unsubscribe && sb->sub->unsub &&
+            strcmp(mi->unsubscribe, sb->sub->unsub) == 0) {
             found = true;
             break;
         }

@@ -17,9 +17,11 @@ struct method_info {
     const char *name;
     unsigned flags;
     /*
-     * Subscriptions only. share: the key under which identical subscriptions
-     * (aliases included) share one upstream subscription, NULL when each
-     * client needs its own. unsubscribe: how to end it upstream.
+     * Subscribe methods: share is the key under which identical
+     * subscriptions (aliases included) share one upstream subscription, NULL
+     * when each client needs its own; unsubscribe is how to end it upstream.
+     * Unsubscribe methods: unsubscribe is the canonical name of the method
+     * itself, so aliases can be matched against the subscription's kind.
      */
     const char *share;
     const char *unsubscribe;

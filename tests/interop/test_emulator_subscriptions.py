@@ -1,10 +1,11 @@
 """Shared subscriptions through a real subpoold (pool_size 2) to chopsticks running the real
 Subtensor runtime from the chain spec (blocks made on demand with dev_newBlock).
 
-The emulator sends a subscription's first notification before the reply that carries its id
-and may reorder replies; subpool must still hand every client its own reply first. Clients
-are plain NDJSON on the daemon's Unix socket and python3-websockets on its TCP port; each
-records every message in arrival order, and every check below walks that record.
+The emulator may reorder replies, and for state_subscribeRuntimeVersion it always sends the
+first notification before the reply that carries the subscription id (chopsticks 1.5.1: new
+heads, finalized heads and storage answer first); subpool must hand every client its own reply
+first. Clients are plain NDJSON on the daemon's Unix socket and python3-websockets on its TCP
+port; each records every message in arrival order, and every check walks that record.
 
 Needs node and npm (chopsticks; see test_polkadot_js.py) and the chain spec at
 $SUBPOOL_CHAINSPEC (default: shared/chainspecs/subtensor-raonet.json beside the repo);
@@ -25,12 +26,13 @@ from localwire import run_async, tcp_daemon
 # dependencies installed, the chain spec found, else a skip with the reason.
 from test_polkadot_js import chopsticks, node_modules  # noqa: F401  (pytest fixtures)
 
-websockets = pytest.importorskip("websockets", reason="python3-websockets is needed (Debian: python3-websockets)")
+websockets = pytest.importorskip("websockets", reason="needs python3-websockets (Debian package)")
 
 # Real storage keys of the Subtensor runtime (twox128(pallet) ++ twox128(item)).
-NUMBER = "0x26aa394eea5630e07c48ae0c9558cef702a5c1b19ab7a04f536c519aca4983ac"  # System.Number: every block
-NOW = "0xf0c365c3cf59d671eb72da0e7a4113c49f1f0515f462cdcf84e0f1d6045dfcbb"  # Timestamp.Now: every block
-ISSUANCE = "0xc2261276cc9d1f8598ea4b6a74b15c2f57c875e4cff74148e4628f264b974c80"  # Balances.TotalIssuance: constant here
+# System.Number and Timestamp.Now change every block; Balances.TotalIssuance stays (no extrinsics).
+NUMBER = "0x26aa394eea5630e07c48ae0c9558cef702a5c1b19ab7a04f536c519aca4983ac"
+NOW = "0xf0c365c3cf59d671eb72da0e7a4113c49f1f0515f462cdcf84e0f1d6045dfcbb"
+ISSUANCE = "0xc2261276cc9d1f8598ea4b6a74b15c2f57c875e4cff74148e4628f264b974c80"
 
 SUB_ID = re.compile(r"[0-9a-f]{16}")
 WAIT = 20  # seconds: bound of every wait for the emulator or the daemon
@@ -128,6 +130,16 @@ class Client:
         else:
             self.send(msg)
         return rid
+
+    def subscribe_and_vanish(self, method, params=None):
+        """Send a subscribe and drop the connection at once, in one step on the loop."""
+        text = json.dumps(self._msg(method, [] if params is None else params)[1])
+
+        async def go():
+            await self._send(text)
+            (self._writer if self.transport == "ndjson" else self._ws).transport.abort()
+
+        self.loop.run(go(), WAIT)
 
     def unsubscribe(self, method, sid):
         rid, msg = self._msg(method, [sid])
@@ -244,7 +256,8 @@ def emulator_first_message(url, method, params=()):
     """What the emulator itself sends first after a subscribe: "reply" or "notification"."""
     async def probe():
         async with websockets.connect(url, max_size=None, open_timeout=10, close_timeout=2) as ws:
-            await ws.send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}))
+            await ws.send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": method,
+                                      "params": list(params)}))
             first = json.loads(await ws.recv())
             return "reply" if first.get("id") == 1 else "notification"
 
@@ -276,7 +289,8 @@ def wait_head(pairs, number):
 
 
 def only_sub(status, kind, params=None):
-    subs = [s for s in status["subscriptions"] if s["kind"] == kind and (params is None or s["params"] == params)]
+    subs = [s for s in status["subscriptions"]
+            if s["kind"] == kind and (params is None or s["params"] == params)]
     assert len(subs) == 1, f"expected one {kind} {params} subscription: {status['subscriptions']}"
     return subs[0]
 
@@ -289,7 +303,8 @@ def unsubscribe_all(pairs):
 
 
 def wait_no_upstream_subscriptions(d, what):
-    return d.wait_status(lambda s: s["upstream_subscriptions"] == 0 and s["subscriptions"] == [], what, WAIT)
+    return d.wait_status(lambda s: s["upstream_subscriptions"] == 0 and s["subscriptions"] == [],
+                         what, WAIT)
 
 
 # ------------------------------------------------------------------------------- tests
@@ -512,7 +527,7 @@ def test_finalized_runtime_version_and_storage_are_shared(subpool, clients):
         numbers = [le_number(storage_changes(n)[NUMBER]) for n in c.notes(sid)]
         assert numbers == sorted(set(numbers)) and numbers[-1] == start + 2, f"{c.name}: {numbers}"
     for c, sid in groups["rv"] + [late_pairs["rv"]]:
-        assert len(c.notes(sid)) == 1, f"{c.name}: the runtime version did not change: {c.notes(sid)}"
+        assert len(c.notes(sid)) == 1, f"{c.name}: one runtime version (it never changes): {c.notes(sid)}"
 
 
 def test_unsubscribe_and_disconnect_end_upstream_subscriptions(subpool, clients):
@@ -561,7 +576,8 @@ def test_unsubscribe_and_disconnect_end_upstream_subscriptions(subpool, clients)
 
     # Clients that go away without unsubscribing are dropped the same way.
     log_mark = d.log.count("(no subscribers left)")
-    gone = [(clients("ndjson"), "chain_subscribeNewHeads", None), (clients("ws"), "state_subscribeStorage", [[NOW]]),
+    gone = [(clients("ndjson"), "chain_subscribeNewHeads", None),
+            (clients("ws"), "state_subscribeStorage", [[NOW]]),
             (clients("ndjson"), "chain_subscribeFinalizedHeads", None),
             (clients("ws"), "state_subscribeRuntimeVersion", None),
             (clients("ndjson"), "subscribe_newHead", None)]
@@ -575,19 +591,26 @@ def test_unsubscribe_and_disconnect_end_upstream_subscriptions(subpool, clients)
     wait_no_upstream_subscriptions(d, "every upstream subscription ended after the disconnects")
     d.wait_log("(no subscribers left)", log_mark + 4)
 
-    # And so are clients that go away before their subscribe reply came (the upstream
-    # subscribe may still be in flight: its reply must then end it upstream).
-    early = [(clients(t), m, p) for t, m, p in (
-        ("ndjson", "chain_subscribeNewHeads", None), ("ws", "state_subscribeStorage", [[NUMBER, NOW]]),
-        ("ndjson", "chain_subscribeFinalizedHeads", None), ("ws", "chain_subscribeRuntimeVersion", None))]
-    for cl, m, p in early:
-        cl.subscribe(m, p)
-    for cl, _, _ in early:
-        cl.close(abort=True)
+    # And so are clients that go away right after sending a subscribe: the daemon sees them
+    # leave while the upstream subscribe is in flight and must end it upstream when its
+    # reply comes.
+    log_mark = d.log.count("(no subscribers left)")
+    vanished = [("ndjson", "chain_subscribeNewHeads", None),
+                ("ws", "state_subscribeStorage", [[NUMBER, NOW]]),
+                ("ndjson", "chain_subscribeFinalizedHeads", None),
+                ("ws", "chain_subscribeRuntimeVersion", None)]
+    for t, m, p in vanished:
+        clients(t).subscribe_and_vanish(m, p)
     wait_no_upstream_subscriptions(d, "no upstream subscription left after clients vanished mid-subscribe")
+    d.wait_log("(no subscribers left)", log_mark + 4)
+    answered_late = d.log.count(" for 0 clients")
+    print(f"upstream subscribes answered after their only client had left: {answered_late} of 4")
+    assert answered_late >= 1, "every client was still there when its upstream subscribe was answered: " \
+                               "the in-flight path was not exercised"
+
     # The daemon still serves subscriptions afterwards.
     late = clients("ndjson")
     sid = late.result(late.subscribe("chain_subscribeNewHeads"))
     wait_notes([(late, sid)], lambda ns: len(ns) >= 1, "a new subscriber's current head")
-    assert heads(late.notes(sid)) == [start + 2]
+    assert heads(late.notes(sid)) == [head_number(d)] == [start + 2]
     assert d.status()["upstream_subscriptions"] == 1
