@@ -74,10 +74,15 @@ struct rx {
     struct json_skim skim; /* valid while oversize */
 };
 
+/* Frame masks come from the CSPRNG in batches: one RAND_bytes call per 256 frames. */
+#define MASK_POOL 1024
+
 struct upstream {
     struct event_base *base;
     struct evdns_base *dns;
     unsigned id;
+    uint8_t masks[MASK_POOL];
+    size_t masks_left; /* unused bytes at the end of masks */
     char *url_text;
     struct url url;
     char authority[URL_HOST_MAX + 16];
@@ -461,11 +466,26 @@ static ssize_t ws_send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size
 
 static int ws_genmask_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, void *user_data)
 {
-    (void)user_data;
-    if (RAND_bytes(buf, (int)len) != 1) {
+    struct upstream *u = user_data;
+
+    if (len > MASK_POOL) { /* wslay asks for 4 bytes; anything else goes straight through */
+        if (RAND_bytes(buf, (int)len) == 1)
+            return 0;
         wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
         return -1;
     }
+    if (u->masks_left < len) {
+        /* Each call costs a getpid() and a lock in OpenSSL: refill many masks at once. */
+        if (RAND_bytes(u->masks, MASK_POOL) != 1) {
+            wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
+            return -1;
+        }
+        u->masks_left = MASK_POOL;
+    }
+    memcpy(buf, u->masks + MASK_POOL - u->masks_left, len);
+    /* Used bytes are wiped so a mask never lingers in memory after use. */
+    memset(u->masks + MASK_POOL - u->masks_left, 0, len);
+    u->masks_left -= len;
     return 0;
 }
 
