@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 
 #include "log.h"
 #include "methods.h"
@@ -108,6 +109,49 @@ static void batch_settle(struct batch *b)
     batch_free(b);
 }
 
+/*
+ * One NDJSON reply. When nothing is queued before it, it is written at once:
+ * going through the output buffer would cost two epoll_ctl calls and a
+ * loop pass per reply. Whatever the socket does not take is queued.
+ */
+static void ndjson_emit(struct session *s, const struct iovec *parts, int n)
+{
+    struct evbuffer *out = bufferevent_get_output(s->bev);
+    struct iovec iov[8];
+    size_t skip = 0;
+
+    if (n >= 8 || evbuffer_get_length(out) > 0) {
+        for (int i = 0; i < n; i++)
+            evbuffer_add(out, parts[i].iov_base, parts[i].iov_len);
+        evbuffer_add(out, "\n", 1);
+        return;
+    }
+    memcpy(iov, parts, (size_t)n * sizeof(*iov));
+    iov[n].iov_base = "\n";
+    iov[n].iov_len = 1;
+    ssize_t w = writev(bufferevent_getfd(s->bev), iov, n + 1);
+    if (w > 0) {
+        skip = (size_t)w;
+        s->srv->stats.bytes_out += skip;
+    }
+    /* Queue what the socket did not take (all of it after EAGAIN or an error). */
+    for (int i = 0; i <= n; i++) {
+        if (skip >= iov[i].iov_len) {
+            skip -= iov[i].iov_len;
+            continue;
+        }
+        evbuffer_add(out, (const char *)iov[i].iov_base + skip, iov[i].iov_len - skip);
+        skip = 0;
+    }
+    /*
+     * All written: no write callback will come, yet a client that has finished
+     * sending may be due to be closed. Let the loop run that check.
+     */
+    if (evbuffer_get_length(out) == 0 && (s->read_eof || s->srv->stopping))
+        bufferevent_trigger(s->bev, EV_WRITE,
+                            BEV_TRIG_IGNORE_WATERMARKS | BEV_TRIG_DEFER_CALLBACKS);
+}
+
 void session_emit(struct session *s, const struct iovec *parts, int n)
 {
     if (s->closing || s->dropping || !session_output_ok(s, 0))
@@ -120,9 +164,7 @@ void session_emit(struct session *s, const struct iovec *parts, int n)
         http_session_emit(s, parts, n);
         break;
     default:
-        for (int i = 0; i < n; i++)
-            session_write(s, parts[i].iov_base, parts[i].iov_len);
-        session_write(s, "\n", 1);
+        ndjson_emit(s, parts, n);
         break;
     }
 }
