@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
+import zipfile
 
 import pytest
 
@@ -217,3 +218,23 @@ def test_examples_run(devnode, daemon, example):
                        capture_output=True, text=True, timeout=120, cwd=PYTHON_DIR)
     assert r.returncode == 0, r.stderr
     assert "subnet 7" in r.stdout and "async" in r.stdout and "sync" in r.stdout, r.stdout
+
+
+def test_package_builds_with_the_stdlib_backend_alone(tmp_path):
+    """pip install client/python needs nothing from the network: the in-tree PEP 517
+    backend builds a wheel with the standard library only, and the wheel imports."""
+    backend_dir = harness.REPO / "client" / "python" / "build_backend"
+    code = (f"import sys; sys.path.insert(0, {str(backend_dir)!r}); import subpool_build as b; "
+            f"assert b.get_requires_for_build_wheel() == []; "
+            f"print(b.build_wheel({str(tmp_path)!r})); print(b.build_sdist({str(tmp_path)!r}))")
+    out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    wheel = tmp_path / out[0]
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "subpool/__init__.py" in names and "subpool-0.1.0.dist-info/RECORD" in names, names
+    check = subprocess.run([sys.executable, "-I", "-c",
+                            f"import sys; sys.path.insert(0, {str(wheel)!r}); import subpool; "
+                            f"print(subpool.Client.__name__)"],
+                           capture_output=True, text=True, check=True)
+    assert check.stdout.strip() == "Client"
+    assert (tmp_path / out[1]).is_file()
