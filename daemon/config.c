@@ -35,70 +35,77 @@ struct config_key {
     uint64_t min, max; /* for numbers, in stored units */
     const char *def;
     const char *help;
+    bool reload; /* LIVE: SIGHUP applies a new value; RESTART: it keeps the old one */
 };
+
+#define LIVE    true
+#define RESTART false
 
 #define OFF(f) offsetof(struct config, f)
 
 static const struct config_key config_keys[] = {
     {"socket", CONFIG_STRING, OFF(socket_path), 0, 0, "/run/subpoold/subpoold.sock",
-     "path of the local Unix socket clients connect to"},
+     "path of the local Unix socket clients connect to", RESTART},
     {"socket_mode", CONFIG_MODE, OFF(socket_mode), 0, 0777, "0660",
-     "permissions of the socket file"},
+     "permissions of the socket file", RESTART},
     {"upstream", CONFIG_UPSTREAM, OFF(upstreams), 0, 0, "finney",
      "node endpoint: a ws:// or wss:// URL or a network name (finney, test, archive, local, "
-     "latent-lite); repeat for fallbacks, in priority order"},
+     "latent-lite); repeat for fallbacks, in priority order",
+     LIVE},
     {"pool_size", CONFIG_UINT, OFF(pool_size), 1, 64, "2",
-     "websockets kept open to the nodes, spread over the endpoints"},
+     "websockets kept open to the nodes, spread over the endpoints", LIVE},
     {"max_in_flight", CONFIG_UINT, OFF(max_in_flight), 1, 65536, "256",
-     "requests outstanding on one upstream; more wait in the queue"},
+     "requests outstanding on one upstream; more wait in the queue", LIVE},
     {"queue_max", CONFIG_UINT, OFF(queue_max), 0, 10000000, "100000",
-     "requests waiting for an upstream before new ones are refused"},
+     "requests waiting for an upstream before new ones are refused", LIVE},
     {"request_timeout", CONFIG_DURATION, OFF(request_timeout_ms), 100, 3600000, "60s",
-     "a request not answered within this gets an error"},
+     "a request not answered within this gets an error", LIVE},
     {"max_message", CONFIG_SIZE, OFF(max_message), 1024, (uint64_t)1 << 32, "64M",
-     "largest message accepted from a node; larger replies become an error"},
+     "largest message accepted from a node; larger replies become an error", LIVE},
     {"max_request", CONFIG_SIZE, OFF(max_request), 1024, (uint64_t)1 << 32, "16M",
-     "largest request line accepted from a client"},
+     "largest request line accepted from a client", LIVE},
     {"max_subs_per_upstream", CONFIG_UINT, OFF(max_subs_per_upstream), 1, 100000, "1024",
-     "upstream subscriptions on one websocket (Substrate's default cap)"},
-    {"max_batch", CONFIG_UINT, OFF(max_batch), 1, 100000, "1000",
-     "most calls in one batch request"},
+     "upstream subscriptions on one websocket (Substrate's default cap)", LIVE},
+    {"max_batch", CONFIG_UINT, OFF(max_batch), 1, 100000, "1000", "most calls in one batch request",
+     LIVE},
     {"max_clients", CONFIG_UINT, OFF(max_clients), 1, 1000000, "16384",
-     "local connections accepted at once"},
+     "local connections accepted at once", LIVE},
     {"client_max_in_flight", CONFIG_UINT, OFF(client_max_in_flight), 1, 1000000, "1024",
-     "outstanding requests per client before its socket is no longer read"},
+     "outstanding requests per client before its socket is no longer read", LIVE},
     {"client_max_pending", CONFIG_SIZE, OFF(client_max_pending), 65536, (uint64_t)1 << 36, "64M",
-     "request bytes a client may have outstanding before its socket is no longer read"},
+     "request bytes a client may have outstanding before its socket is no longer read", LIVE},
     {"client_max_output", CONFIG_SIZE, OFF(client_max_output), 65536, (uint64_t)1 << 36, "256M",
-     "unread reply bytes a client may hold before it is disconnected"},
+     "unread reply bytes a client may hold before it is disconnected", LIVE},
     {"connect_timeout", CONFIG_DURATION, OFF(connect_timeout_ms), 100, 600000, "10s",
-     "bound on name resolution, TCP connect and websocket upgrade"},
+     "bound on name resolution, TCP connect and websocket upgrade", LIVE},
     {"ping_interval", CONFIG_DURATION, OFF(ping_interval_ms), 0, 3600000, "30s",
-     "ping an upstream after this much silence; 0 disables"},
+     "ping an upstream after this much silence; 0 disables", LIVE},
     {"pong_timeout", CONFIG_DURATION, OFF(pong_timeout_ms), 100, 600000, "10s",
-     "an upstream silent this long after a ping is replaced"},
+     "an upstream silent this long after a ping is replaced", LIVE},
     {"reconnect_min", CONFIG_DURATION, OFF(backoff_min_ms), 10, 600000, "250ms",
-     "first delay before reconnecting a lost upstream"},
+     "first delay before reconnecting a lost upstream", LIVE},
     {"reconnect_max", CONFIG_DURATION, OFF(backoff_max_ms), 10, 3600000, "30s",
-     "cap of the doubling reconnect delay (jittered)"},
+     "cap of the doubling reconnect delay (jittered)", LIVE},
     {"close_timeout", CONFIG_DURATION, OFF(close_timeout_ms), 0, 60000, "2s",
-     "how long a closing upstream waits for the node's close frame"},
+     "how long a closing upstream waits for the node's close frame", LIVE},
     {"tls_ca_file", CONFIG_OPTSTRING, OFF(tls_ca_file), 0, 0, "\"\"",
-     "PEM file of the CAs trusted for wss://; empty: the system's trust store"},
+     "PEM file of the CAs trusted for wss://; empty: the system's trust store", LIVE},
     {"health_interval", CONFIG_DURATION, OFF(health_interval_ms), 100, 3600000, "10s",
-     "how often each upstream is asked for its best block (chain_getHeader)"},
+     "how often each upstream is asked for its best block (chain_getHeader)", LIVE},
     {"stale_block_timeout", CONFIG_DURATION, OFF(stale_block_timeout_ms), 0, 86400000, "60s",
      "an upstream whose best block stays behind this long while another advances is "
-     "taken out of rotation; 0 disables (off with a single endpoint)"},
+     "taken out of rotation; 0 disables (off with a single endpoint)",
+     LIVE},
     {"shutdown_timeout", CONFIG_DURATION, OFF(shutdown_timeout_ms), 0, 600000, "10s",
-     "on SIGTERM, how long in-flight requests may take to finish"},
-    {"log_level", CONFIG_LOGLEVEL, OFF(log_level), 0, 0, "info", "error, warn, info or debug"},
+     "on SIGTERM, how long in-flight requests may take to finish", LIVE},
+    {"log_level", CONFIG_LOGLEVEL, OFF(log_level), 0, 0, "info", "error, warn, info or debug",
+     LIVE},
     {"tcp_listen", CONFIG_OPTSTRING, OFF(tcp_listen), 0, 0, "\"\"",
-     "also serve on this TCP address (e.g. 127.0.0.1:9955); empty: Unix socket only"},
+     "also serve on this TCP address (e.g. 127.0.0.1:9955); empty: Unix socket only", RESTART},
     {"tcp_allow_remote", CONFIG_BOOL, OFF(tcp_allow_remote), 0, 1, "false",
-     "allow tcp_listen on a non-loopback address, and any Host header"},
+     "allow tcp_listen on a non-loopback address, and any Host header", RESTART},
     {"allowed_origins", CONFIG_OPTSTRING, OFF(allowed_origins), 0, 0, "\"\"",
-     "browser origins allowed to connect (space separated, or *); empty: none"},
+     "browser origins allowed to connect (space separated, or *); empty: none", LIVE},
 };
 
 #define N_KEYS (sizeof(config_keys) / sizeof(config_keys[0]))
@@ -477,6 +484,76 @@ void config_print_keys(FILE *out)
         fprintf(out, "  %-22s default %s", k->name, k->def);
         if (k->type == CONFIG_UINT)
             fprintf(out, " (%llu..%llu)", (unsigned long long)k->min, (unsigned long long)k->max);
-        fprintf(out, "\n  %-22s %s\n", "", k->help);
+        fprintf(out, "\n  %-22s %s (reload: %s)\n", "", k->help, k->reload ? "live" : "restart");
     }
+}
+
+static bool key_equal(const struct config_key *k, const struct config *a, const struct config *b)
+{
+    const void *fa = (const char *)a + k->offset, *fb = (const char *)b + k->offset;
+
+    switch (k->type) {
+    case CONFIG_STRING:
+    case CONFIG_OPTSTRING:
+        return strcmp(*(char *const *)fa, *(char *const *)fb) == 0;
+    case CONFIG_UPSTREAM:
+        if (a->n_upstreams != b->n_upstreams)
+            return false;
+        for (unsigned i = 0; i < a->n_upstreams; i++)
+            if (strcmp(a->upstreams[i], b->upstreams[i]) != 0)
+                return false;
+        return true;
+    case CONFIG_BOOL:
+        return *(const bool *)fa == *(const bool *)fb;
+    case CONFIG_SIZE:
+        return *(const uint64_t *)fa == *(const uint64_t *)fb;
+    case CONFIG_LOGLEVEL:
+        return *(const enum log_level *)fa == *(const enum log_level *)fb;
+    default:
+        return *(const unsigned *)fa == *(const unsigned *)fb;
+    }
+}
+
+int config_keep_restart_keys(struct config *next, const struct config *cur, char *ret_names,
+                             size_t len)
+{
+    size_t used = 0;
+    int n = 0;
+
+    if (len)
+        ret_names[0] = '\0';
+    for (size_t i = 0; i < N_KEYS; i++) {
+        const struct config_key *k = &config_keys[i];
+        void *fn = (char *)next + k->offset;
+        const void *fc = (const char *)cur + k->offset;
+
+        if (k->reload || key_equal(k, next, cur))
+            continue;
+        switch (k->type) {
+        case CONFIG_STRING:
+        case CONFIG_OPTSTRING: {
+            char *copy = strdup(*(char *const *)fc);
+            if (!copy)
+                return -ENOMEM;
+            free(*(char **)fn);
+            *(char **)fn = copy;
+            break;
+        }
+        case CONFIG_BOOL:
+            *(bool *)fn = *(const bool *)fc;
+            break;
+        case CONFIG_MODE:
+        case CONFIG_UINT:
+        case CONFIG_DURATION:
+            *(unsigned *)fn = *(const unsigned *)fc;
+            break;
+        default:
+            /* Every RESTART key is of a type above. */
+            abort();
+        }
+        if (used < len)
+            used += (size_t)snprintf(ret_names + used, len - used, "%s%s", n ? ", " : "", k->name);
+        n++;
+    }
+    return n;
 }

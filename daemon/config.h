@@ -64,5 +64,13 @@ int config_set(struct config *cfg, const char *key, const char *value, char *err
 /* Cross-key checks after everything is loaded. Returns 0 or -1 with the reason. */
 int config_validate(const struct config *cfg, char *err, size_t errlen);
 
-/* Every key with its default, bounds and one line of help. */
+/* Every key with its default, bounds, whether a reload changes it, and one line of help. */
 void config_print_keys(FILE *out);
+
+/*
+ * Reload: keys that need a restart (socket, socket_mode, tcp_listen,
+ * tcp_allow_remote) and differ in next get cur's value back. Returns how
+ * many did, naming them comma-separated in ret_names, or -ENOMEM.
+ */
+int config_keep_restart_keys(struct config *next, const struct config *cur, char *ret_names,
+                             size_t len);

@@ -3,7 +3,9 @@
  * replacing a stale file but never a live daemon's socket. The optional TCP
  * port is loopback unless explicitly allowed otherwise. Accepted connections
  * become sessions. When the process runs out of descriptors, accepting
- * pauses for a moment instead of spinning on the error.
+ * pauses for a moment instead of spinning on the error. Sockets passed by
+ * systemd are used as they are: their file, mode and group belong to the
+ * socket unit, so they are never unlinked or chmod-ed here.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -29,8 +31,9 @@ struct listener {
     struct event *resume; /* re-enables accept after EMFILE */
     char *path;           /* Unix socket path, or the TCP address as given */
     bool tcp;
-    int lock_fd; /* flock on PATH.lock for the daemon's life; -1 for TCP */
-    dev_t dev;   /* to unlink only our own file at exit */
+    bool activated; /* passed by systemd: not ours to unlink */
+    int lock_fd;    /* flock on PATH.lock for the daemon's life; -1 for TCP */
+    dev_t dev;      /* to unlink only our own file at exit */
     ino_t ino;
 };
 
@@ -129,6 +132,18 @@ static int check_stale(const char *path, char *err, size_t errlen)
     return 0;
 }
 
+/* Accept errors pause accepting behind a timer instead of spinning (EMFILE). */
+static int listener_arm(struct listener *l, char *err, size_t errlen)
+{
+    evconnlistener_set_error_cb(l->evl, error_cb);
+    l->resume = evtimer_new(l->srv->base, resume_cb, l);
+    if (!l->resume) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    return 0;
+}
+
 struct listener *listener_new(struct server *srv, const char *path, unsigned mode, char *err,
                               size_t errlen)
 {
@@ -198,12 +213,8 @@ struct listener *listener_new(struct server *srv, const char *path, unsigned mod
         goto fail_unlink;
     }
     fd = -1;
-    evconnlistener_set_error_cb(l->evl, error_cb);
-    l->resume = evtimer_new(srv->base, resume_cb, l);
-    if (!l->resume) {
-        snprintf(err, errlen, "out of memory");
+    if (listener_arm(l, err, errlen) < 0)
         goto fail_unlink;
-    }
     log_info("listener: accepting clients on %s (mode %04o)", path, mode);
     return l;
 fail_unlink:
@@ -276,15 +287,106 @@ struct listener *listener_new_tcp(struct server *srv, const char *addr, bool all
         snprintf(err, errlen, "tcp_listen: %s: %s", addr, strerror(errno));
         goto fail;
     }
-    evconnlistener_set_error_cb(l->evl, error_cb);
-    l->resume = evtimer_new(srv->base, resume_cb, l);
-    if (!l->resume) {
-        snprintf(err, errlen, "out of memory");
+    if (listener_arm(l, err, errlen) < 0)
         goto fail;
-    }
     log_info("listener: accepting clients on tcp %s", addr);
     return l;
 fail:
+    if (l) {
+        if (l->evl)
+            evconnlistener_free(l->evl);
+        free(l->path);
+        free(l);
+    }
+    return NULL;
+}
+
+struct listener *listener_new_fd(struct server *srv, int fd, bool tcp, bool allow_remote, char *err,
+                                 size_t errlen)
+{
+    struct listener *l = calloc(1, sizeof(*l));
+    struct sockaddr_storage ss;
+    socklen_t sslen = sizeof(ss);
+    char name[sizeof(((struct sockaddr_un *)0)->sun_path) + 8] = "";
+
+    if (!l) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    l->srv = srv;
+    l->tcp = tcp;
+    l->activated = true;
+    l->lock_fd = -1;
+    if (getsockname(fd, (struct sockaddr *)&ss, &sslen) < 0) {
+        snprintf(err, errlen, "socket activation: getsockname: %s", strerror(errno));
+        goto fail;
+    }
+    if (tcp) {
+        char host[INET6_ADDRSTRLEN] = "?";
+        unsigned port = 0;
+        if (ss.ss_family == AF_INET) {
+            const struct sockaddr_in *in = (const struct sockaddr_in *)&ss;
+            inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
+            port = ntohs(in->sin_port);
+            snprintf(name, sizeof(name), "%s:%u", host, port);
+        } else if (ss.ss_family == AF_INET6) {
+            const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&ss;
+            inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+            port = ntohs(in6->sin6_port);
+            snprintf(name, sizeof(name), "[%s]:%u", host, port);
+        } else {
+            snprintf(err, errlen, "socket activation: the tcp socket is not AF_INET or AF_INET6");
+            goto fail;
+        }
+        /* The same rule as tcp_listen: the unit cannot open the pool to other hosts by itself. */
+        if (!is_loopback(&ss)) {
+            if (!allow_remote) {
+                snprintf(err, errlen,
+                         "socket activation: %s is not a loopback address; set "
+                         "tcp_allow_remote = true to serve other hosts",
+                         name);
+                goto fail;
+            }
+            log_warn("listener: serving JSON-RPC on non-loopback %s: anyone who can reach it "
+                     "can use the pool",
+                     name);
+        }
+    } else {
+        const struct sockaddr_un *sun = (const struct sockaddr_un *)&ss;
+        if (ss.ss_family != AF_UNIX) {
+            snprintf(err, errlen, "socket activation: the unix socket is not AF_UNIX");
+            goto fail;
+        }
+        if (sslen > offsetof(struct sockaddr_un, sun_path) && sun->sun_path[0])
+            snprintf(name, sizeof(name), "%.*s",
+                     (int)(sslen - offsetof(struct sockaddr_un, sun_path)), sun->sun_path);
+        else
+            snprintf(name, sizeof(name), "(abstract or unnamed)");
+    }
+    if (!(l->path = strdup(name))) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    /* libevent wants it non-blocking; systemd passes sockets blocking unless asked. */
+    if (evutil_make_socket_nonblocking(fd) < 0 || evutil_make_socket_closeonexec(fd) < 0) {
+        snprintf(err, errlen, "socket activation: %s: %s", name, strerror(errno));
+        goto fail;
+    }
+    l->evl = evconnlistener_new(srv->base, accept_cb, l,
+                                LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, 0, fd);
+    if (!l->evl) {
+        snprintf(err, errlen, "socket activation: %s: %s", name, strerror(errno));
+        goto fail;
+    }
+    fd = -1;
+    if (listener_arm(l, err, errlen) < 0)
+        goto fail;
+    log_info("listener: accepting clients on %s%s (socket from systemd)", tcp ? "tcp " : "",
+             l->path);
+    return l;
+fail:
+    if (fd >= 0)
+        close(fd);
     if (l) {
         if (l->evl)
             evconnlistener_free(l->evl);
@@ -304,7 +406,8 @@ struct listener *listener_free(struct listener *l)
     if (l->resume)
         event_free(l->resume);
     /* Remove the file only if it is still ours (a new daemon may have replaced it). */
-    if (!l->tcp && stat(l->path, &st) == 0 && st.st_dev == l->dev && st.st_ino == l->ino)
+    if (!l->tcp && !l->activated && stat(l->path, &st) == 0 && st.st_dev == l->dev &&
+        st.st_ino == l->ino)
         unlink(l->path);
     if (l->lock_fd >= 0)
         close(l->lock_fd); /* the lock file stays: removing it would race the next daemon */

@@ -349,6 +349,9 @@ static void stale_update(struct pool *p)
             else
                 log_info("pool: endpoint %u (%s) is current again (best block %llu)", e->index,
                          ep_name(e), (unsigned long long)e->best);
+            /* Back from stale counts as newly up: the hold-off before returning to it restarts. */
+            if (!ahead)
+                e->up_at_ms = now;
         }
         e->stale = ahead != NULL;
     }
@@ -482,7 +485,7 @@ static void watch_start(struct pool *p, struct pool_endpoint *e)
 
     upstream_opts_of(p, &opts);
     if (w) {
-        member_init(p, w, p->n + e->index, e);
+        member_init(p, w, p->index_base + p->n + e->index, e);
         w->watch = true;
         w->u = upstream_new(p->srv->base, p->srv->dns, w->index, e->url, &opts, &member_ops, w,
                             &cause);
@@ -561,6 +564,18 @@ static struct pool_endpoint *choose_active(struct pool *p)
     bool cur_ok = cur->status != ENDPOINT_DOWN && !cur->stale;
     uint64_t now = mono_ms();
 
+    /*
+     * An endpoint that has not answered a health poll within a
+     * health_interval of becoming active is not shown good: while another
+     * one is up, it must not keep the pool (a node that accepts websockets
+     * but answers no calls would hold it forever).
+     */
+    if (cur->status != ENDPOINT_UP && now - p->active_at_ms >= p->srv->cfg->health_interval_ms)
+        for (unsigned i = 0; i < p->n_endpoints; i++)
+            if (&p->endpoints[i] != cur && p->endpoints[i].status == ENDPOINT_UP &&
+                !p->endpoints[i].stale)
+                cur_ok = false;
+
     for (unsigned i = 0; i < p->n_endpoints; i++) {
         struct pool_endpoint *e = &p->endpoints[i];
         if (e->stale)
@@ -586,6 +601,8 @@ static void rebalance(struct pool *p)
 
     stale_update(p);
     p->active = choose_active(p);
+    if (p->active != prev)
+        p->active_at_ms = mono_ms();
     if (p->active != prev)
         log_info("pool: endpoint %u (%s) is now active (endpoint %u (%s) is %s)", p->active->index,
                  ep_name(p->active), prev->index, ep_name(prev),
@@ -655,6 +672,43 @@ static void rebalance(struct pool *p)
             health_poll(p, p->endpoints[i].watch);
 }
 
+/* ---- retiring after a reload ---- */
+
+/*
+ * Each member closes once it carries nothing: no request in flight (they
+ * finish here) and no pinned subscription. One that is not connected has
+ * nothing (a loss already retried its requests elsewhere) and must not
+ * reconnect. Past the deadline, pinned subscriptions end as on a loss.
+ */
+static void retire_pass(struct pool *p)
+{
+    bool late = mono_ms() >= p->retire_deadline;
+
+    for (unsigned i = 0; i < p->n; i++) {
+        struct pool_member *m = &p->members[i];
+        enum upstream_state st = upstream_state(m->u);
+
+        if (st == UPSTREAM_STATE_CLOSING || st == UPSTREAM_STATE_CLOSED)
+            continue;
+        if (late && m->n_subs) {
+            log_warn("upstream %u: retired pool: %u pinned subscriptions outlived "
+                     "request_timeout; ending them",
+                     m->index, m->n_subs);
+            subs_on_lost(p->srv, m);
+        }
+        if (st != UPSTREAM_STATE_READY || (m->in_flight == 0 && m->n_subs == 0))
+            upstream_close(m->u);
+    }
+}
+
+static void retire_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct pool *p = arg;
+    (void)fd;
+    (void)what;
+    retire_pass(p);
+}
+
 static void rebalance_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct pool *p = arg;
@@ -662,10 +716,15 @@ static void rebalance_cb(evutil_socket_t fd, short what, void *arg)
     (void)what;
 
     watch_reap(p);
-    if (p->closing)
+    if (p->closing) {
         server_maybe_finish(p->srv);
-    else
+    } else if (p->retiring) {
+        retire_pass(p);
+    } else {
         rebalance(p);
+        if (p == p->srv->pool_next && pool_can_serve(p))
+            server_pool_ready(p->srv, p);
+    }
 }
 
 static void pool_schedule(struct pool *p)
@@ -693,17 +752,25 @@ struct pool *pool_new(struct server *srv, char *err, size_t errlen)
     p->members = calloc(p->n, sizeof(*p->members));
     p->rebalance = event_new(srv->base, -1, 0, rebalance_cb, p);
     p->health = event_new(srv->base, -1, EV_PERSIST, health_cb, p);
-    if (!p->endpoints || !p->members || !p->rebalance || !p->health)
+    p->retire = event_new(srv->base, -1, EV_PERSIST, retire_cb, p);
+    if (!p->endpoints || !p->members || !p->rebalance || !p->health || !p->retire)
         goto nomem;
+    /* Numbers of a replaced pool's links are not reused: logs and status stay unambiguous. */
+    p->index_base = srv->next_upstream_index;
+    srv->next_upstream_index += p->n + p->n_endpoints;
     for (unsigned i = 0; i < p->n_endpoints; i++) {
         struct pool_endpoint *e = &p->endpoints[i];
         e->index = i;
-        e->url = cfg->upstreams[i];
+        /* A copy: the config that named it is freed by the next reload. */
+        e->url = strdup(cfg->upstreams[i]);
+        if (!e->url)
+            goto nomem;
         e->name = network_name_of(e->url);
         e->status_since = wall_now();
         any_tls |= strncmp(e->url, "wss://", 6) == 0;
     }
     p->active = &p->endpoints[0];
+    p->active_at_ms = mono_ms();
     if (any_tls) {
         /* One context for every link: the trust store is read once. */
         p->tls = upstream_tls_new(cfg->tls_ca_file[0] ? cfg->tls_ca_file : NULL, err, errlen);
@@ -714,8 +781,9 @@ struct pool *pool_new(struct server *srv, char *err, size_t errlen)
     for (unsigned i = 0; i < p->n; i++) {
         struct pool_member *m = &p->members[i];
         const char *cause = "out of memory";
-        member_init(p, m, i, p->active);
-        m->u = upstream_new(srv->base, srv->dns, i, p->active->url, &opts, &member_ops, m, &cause);
+        member_init(p, m, p->index_base + i, p->active);
+        m->u = upstream_new(srv->base, srv->dns, m->index, p->active->url, &opts, &member_ops, m,
+                            &cause);
         if (!m->u) {
             snprintf(err, errlen, "upstream %s: %s", p->active->url, cause);
             return pool_free(p);
@@ -742,8 +810,12 @@ struct pool *pool_free(struct pool *p)
 
     if (!p)
         return NULL;
-    for (unsigned i = 0; p->members && i < p->n; i++)
+    for (unsigned i = 0; p->members && i < p->n; i++) {
+        /* Only notifications held for a subscribe reply can be left by now. */
+        if (p->members[i].pool)
+            subs_on_lost(p->srv, &p->members[i]);
         upstream_free(p->members[i].u);
+    }
     while ((w = TAILQ_FIRST(&p->watchers))) {
         TAILQ_REMOVE(&p->watchers, w, w_link);
         upstream_free(w->u);
@@ -753,6 +825,10 @@ struct pool *pool_free(struct pool *p)
         event_free(p->rebalance);
     if (p->health)
         event_free(p->health);
+    if (p->retire)
+        event_free(p->retire);
+    for (unsigned i = 0; p->endpoints && i < p->n_endpoints; i++)
+        free((char *)p->endpoints[i].url);
     /* After every upstream: their sessions hold references to it. */
     if (p->tls)
         SSL_CTX_free(p->tls);
@@ -801,10 +877,10 @@ struct pool_member *pool_pick_sub(struct pool *p)
 
     for (unsigned i = 0; i < p->n; i++) {
         struct pool_member *m = &p->members[i];
-        if (upstream_state(m->u) != UPSTREAM_STATE_READY || m->n_subs >= cap || m->draining ||
-            m->stale || (p->n_endpoints > 1 && !m->best_known))
+        if (upstream_state(m->u) != UPSTREAM_STATE_READY || m->n_subs + m->n_subs_pending >= cap ||
+            m->draining || m->stale || (p->n_endpoints > 1 && !m->best_known))
             continue;
-        if (!best || m->n_subs < best->n_subs)
+        if (!best || m->n_subs + m->n_subs_pending < best->n_subs + best->n_subs_pending)
             best = m;
     }
     return best;
@@ -824,6 +900,7 @@ void pool_close(struct pool *p)
 
     p->closing = true;
     evtimer_del(p->health);
+    evtimer_del(p->retire);
     for (unsigned i = 0; i < p->n; i++)
         upstream_close(p->members[i].u);
     TAILQ_FOREACH(w, &p->watchers, w_link)
@@ -837,4 +914,54 @@ void pool_close(struct pool *p)
 bool pool_closed(const struct pool *p)
 {
     return p->n_closed == p->n && TAILQ_EMPTY(&p->watchers);
+}
+
+bool pool_can_serve(struct pool *p)
+{
+    unsigned rotor = p->rotor;
+    bool r = pool_pick(p) != NULL;
+
+    p->rotor = rotor;
+    return r;
+}
+
+void pool_retire(struct pool *p)
+{
+    struct pool_member *w;
+    struct timeval tick = {1, 0};
+
+    p->retiring = true;
+    p->retire_deadline = mono_ms() + p->srv->cfg->request_timeout_ms;
+    evtimer_del(p->health);
+    TAILQ_FOREACH(w, &p->watchers, w_link)
+    {
+        if (w->ep->watch == w)
+            w->ep->watch = NULL;
+        upstream_close(w->u);
+    }
+    for (unsigned i = 0; i < p->n; i++) {
+        struct pool_member *m = &p->members[i];
+        /* Takes no new requests; the router's requests on it finish here. */
+        m->draining = true;
+        if (link_ready(m))
+            subs_move(p->srv, m);
+    }
+    evtimer_add(p->retire, &tick);
+    event_active(p->rebalance, 0, 0);
+}
+
+bool pool_config_differs(const struct config *a, const struct config *b)
+{
+    if (a->n_upstreams != b->n_upstreams || a->pool_size != b->pool_size ||
+        strcmp(a->tls_ca_file, b->tls_ca_file) != 0 || a->max_message != b->max_message ||
+        a->connect_timeout_ms != b->connect_timeout_ms ||
+        a->ping_interval_ms != b->ping_interval_ms || a->pong_timeout_ms != b->pong_timeout_ms ||
+        a->backoff_min_ms != b->backoff_min_ms || a->backoff_max_ms != b->backoff_max_ms ||
+        a->close_timeout_ms != b->close_timeout_ms ||
+        a->health_interval_ms != b->health_interval_ms)
+        return true;
+    for (unsigned i = 0; i < a->n_upstreams; i++)
+        if (strcmp(a->upstreams[i], b->upstreams[i]) != 0)
+            return true;
+    return false;
 }

@@ -95,11 +95,14 @@ static void request_unlink(struct router *rt, struct request *r)
     if (r->member) {
         TAILQ_REMOVE(&r->member->sent, r, q_link);
         r->member->in_flight--;
+        if (r->pick == REQUEST_PICK_SUBS)
+            r->member->n_subs_pending--;
         table_remove(rt, r);
         r->member = NULL;
     } else if (r->queued) {
         TAILQ_REMOVE(&rt->queue, r, q_link);
         rt->n_queued--;
+        rt->n_queued_pick[r->pick]--;
         r->queued = false;
     }
     if (r->session)
@@ -181,6 +184,15 @@ struct router *router_new(struct server *srv)
     return rt;
 }
 
+void router_reconfigure(struct router *rt)
+{
+    const struct config *cfg = rt->srv->cfg;
+    struct timeval tv = {cfg->request_timeout_ms / 1000, (cfg->request_timeout_ms % 1000) * 1000};
+
+    /* libevent keeps every common timeout it was given; one per distinct value is cheap. */
+    rt->timeout_tv = event_base_init_common_timeout(rt->srv->base, &tv);
+}
+
 struct router *router_free(struct router *rt)
 {
     struct request *r;
@@ -227,6 +239,8 @@ static bool request_send(struct router *rt, struct request *r)
     r->member = m;
     m->in_flight++;
     m->requests++;
+    if (r->pick == REQUEST_PICK_SUBS)
+        m->n_subs_pending++; /* counts against the cap until its reply */
     TAILQ_INSERT_TAIL(&m->sent, r, q_link);
     table_insert(rt, r);
     return true;
@@ -240,19 +254,44 @@ static void queue_push(struct router *rt, struct request *r, bool front)
         TAILQ_INSERT_TAIL(&rt->queue, r, q_link);
     r->queued = true;
     rt->n_queued++;
+    rt->n_queued_pick[r->pick]++;
 }
 
+static void queue_remove(struct router *rt, struct request *r)
+{
+    TAILQ_REMOVE(&rt->queue, r, q_link);
+    r->queued = false;
+    rt->n_queued--;
+    rt->n_queued_pick[r->pick]--;
+}
+
+/*
+ * Requests wait in one FIFO, but not all of them need the same thing: a
+ * subscription waits for a link under the subscription cap, a plain request
+ * for one under the in-flight cap. One that cannot be placed must not hold
+ * up those behind it that can; requests of the same kind keep their order.
+ */
 void router_dispatch(struct router *rt)
 {
-    struct request *r;
+    bool stuck[3] = {false, false, false};
+    struct request *r, *next;
 
-    while ((r = TAILQ_FIRST(&rt->queue))) {
-        TAILQ_REMOVE(&rt->queue, r, q_link);
-        r->queued = false;
-        rt->n_queued--;
+    for (r = TAILQ_FIRST(&rt->queue); r; r = next) {
+        next = TAILQ_NEXT(r, q_link);
+        if (stuck[r->pick])
+            continue;
+        queue_remove(rt, r);
         if (!request_send(rt, r)) {
-            queue_push(rt, r, true);
-            return;
+            if (next)
+                TAILQ_INSERT_BEFORE(next, r, q_link);
+            else
+                TAILQ_INSERT_TAIL(&rt->queue, r, q_link);
+            r->queued = true;
+            rt->n_queued++;
+            rt->n_queued_pick[r->pick]++;
+            stuck[r->pick] = true;
+            if (stuck[REQUEST_PICK_LOAD] && stuck[REQUEST_PICK_SUBS])
+                return;
         }
     }
 }
@@ -300,7 +339,7 @@ void router_submit(struct router *rt, struct session *s, struct batch *b, const 
     evtimer_assign(&r->timer, rt->srv->base, request_timeout_cb, r);
     evtimer_add(&r->timer, rt->timeout_tv);
 
-    if (TAILQ_EMPTY(&rt->queue) && request_send(rt, r))
+    if (rt->n_queued_pick[REQUEST_PICK_LOAD] == 0 && request_send(rt, r))
         return;
     if (rt->n_queued >= rt->srv->cfg->queue_max) {
         char m[96];
@@ -420,6 +459,8 @@ void router_on_lost(struct router *rt, struct pool_member *m, const char *reason
     while ((r = TAILQ_FIRST(&m->sent))) {
         TAILQ_REMOVE(&m->sent, r, q_link);
         m->in_flight--;
+        if (r->pick == REQUEST_PICK_SUBS)
+            m->n_subs_pending--;
         table_remove(rt, r);
         r->member = NULL;
         if (!r->session && !r->done) {
@@ -503,7 +544,7 @@ struct request *router_internal(struct router *rt, const char *method, const cha
         request_free(r);
         return NULL;
     }
-    if (!(TAILQ_EMPTY(&rt->queue) && request_send(rt, r)))
+    if (!(rt->n_queued_pick[pick] == 0 && request_send(rt, r)))
         queue_push(rt, r, false);
     return r;
 }

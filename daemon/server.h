@@ -80,8 +80,9 @@ struct pool_member {
     struct upstream *u;
     unsigned index;
     unsigned in_flight;
-    unsigned n_subs;   /* upstream subscriptions it carries */
-    uint64_t requests; /* sent, total */
+    unsigned n_subs;         /* upstream subscriptions it carries */
+    unsigned n_subs_pending; /* subscribes sent on it, not yet answered */
+    uint64_t requests;       /* sent, total */
     struct request_list sent;
     struct sub_list subs;
     struct orphan_list orphans; /* notifications that came before their subscribe reply */
@@ -137,12 +138,19 @@ struct pool {
     unsigned n_endpoints;
     struct pool_endpoint *endpoints;
     struct pool_endpoint *active; /* where the members go */
+    uint64_t active_at_ms;        /* monotonic time it became active */
     struct ssl_ctx_st *tls;       /* shared by every wss:// link; NULL without one */
     struct event *rebalance;      /* deferred: moves members, starts and retires watch links */
     struct event *health;         /* every health_interval: chain_getHeader on each link */
     uint64_t health_next;         /* sequence of those requests */
     TAILQ_HEAD(watch_list, pool_member) watchers; /* live and retiring watch links */
     bool closing;
+    /* Reload: a replaced pool drains (no new requests) and closes each member once idle. */
+    bool retiring;
+    unsigned index_base;      /* upstream numbers stay unique across reloads */
+    struct event *retire;     /* while retiring: a 1 s tick; ends pinned subscriptions late */
+    uint64_t retire_deadline; /* monotonic ms */
+    TAILQ_ENTRY(pool) r_link; /* server->retired */
 };
 
 struct router {
@@ -152,6 +160,7 @@ struct router {
     size_t n_live;          /* requests in the table (sent) */
     struct request_list queue;
     size_t n_queued;
+    size_t n_queued_pick[3]; /* by enum request_pick */
     uint64_t next_uid;
     const struct timeval *timeout_tv; /* a libevent common timeout */
     struct event *dispatch;           /* deferred dispatch after an upstream loss */
@@ -186,6 +195,16 @@ struct server {
     struct sub_list subs; /* every upstream subscription */
     unsigned n_subs;
     uint64_t next_sub_id;
+    /* Reload: the new pool connects as pool_next, then replaces pool, which retires. */
+    struct pool *pool_next;
+    TAILQ_HEAD(pool_list, pool) retired;
+    unsigned next_upstream_index;
+    int argc; /* options re-applied on top of the file at each reload */
+    char **argv;
+    const char *config_path;
+    struct event *notify_timer; /* STATUS= for systemd, sent when it changed */
+    struct event *watchdog;     /* WATCHDOG=1 */
+    char notify_status[256];
     bool stopping;
     bool pool_closing;
     bool shutdown_forced;
@@ -195,12 +214,17 @@ struct server {
 
 /* server.c */
 void server_maybe_finish(struct server *srv);
+/* The pool connecting after a reload (srv->pool_next) can serve: it replaces srv->pool. */
+void server_pool_ready(struct server *srv, struct pool *p);
 
 /* listener.c */
 struct listener *listener_new(struct server *srv, const char *path, unsigned mode, char *err,
                               size_t errlen);
 struct listener *listener_new_tcp(struct server *srv, const char *addr, bool allow_remote,
                                   char *err, size_t errlen);
+/* A listening socket passed by systemd: used as it is (never unlinked or chmod-ed). */
+struct listener *listener_new_fd(struct server *srv, int fd, bool tcp, bool allow_remote, char *err,
+                                 size_t errlen);
 struct listener *listener_free(struct listener *l);
 
 /* session.c */
@@ -231,6 +255,8 @@ void router_submit(struct router *rt, struct session *s, struct batch *b, const 
 /* The client of r has gone: drop r if it waits, or let its reply be discarded. */
 void router_forget(struct router *rt, struct request *r);
 void router_dispatch(struct router *rt);
+/* Reload: request_timeout may have changed (requests already waiting keep theirs). */
+void router_reconfigure(struct router *rt);
 void router_on_message(struct router *rt, struct pool_member *m, const char *msg, size_t len);
 void router_on_oversize(struct router *rt, struct pool_member *m, bool have_id, uint64_t id,
                         uint64_t len);
@@ -258,6 +284,12 @@ void pool_close(struct pool *p);
 /* After pool_close(): every link has finished closing. */
 bool pool_closed(const struct pool *p);
 unsigned pool_ready(const struct pool *p);
+/* Some member would take a request now. */
+bool pool_can_serve(struct pool *p);
+/* Reload: the pool was replaced; it takes nothing new, moves shared subscriptions, drains. */
+void pool_retire(struct pool *p);
+/* A reload from a to b needs new upstream links (endpoints, size, TLS or link settings). */
+bool pool_config_differs(const struct config *a, const struct config *b);
 
 /* status.c: answer a subpool_* method; returns false when the method is unknown. */
 void status_handle(struct server *srv, struct session *s, struct batch *b, const char *buf,

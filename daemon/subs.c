@@ -346,6 +346,22 @@ static char *storage_current(const struct sub *sub, size_t *ret_len)
     return out;
 }
 
+/* Ask the node holding sub to end it; its answer is not waited for. */
+static void sub_unsubscribe_upstream(struct sub *sub)
+{
+    size_t n = sub->up_id_len + 2;
+    char *params;
+
+    if (!sub->unsub || !sub->member || !(params = malloc(n)))
+        return;
+    params[0] = '[';
+    memcpy(params + 1, sub->up_id, sub->up_id_len);
+    params[n - 1] = ']';
+    router_internal(sub->srv->router, sub->unsub, params, n, 0, REQUEST_PICK_TARGET, sub->member,
+                    NULL, NULL);
+    free(params);
+}
+
 /* End the upstream side of a sub nobody wants any more. */
 static void sub_release(struct sub *sub)
 {
@@ -354,16 +370,7 @@ static void sub_release(struct sub *sub)
         return;
     }
     if (sub->state == SUB_ACTIVE && sub->unsub && sub->member) {
-        size_t n = sub->up_id_len + 2;
-        char *params = malloc(n);
-        if (params) {
-            params[0] = '[';
-            memcpy(params + 1, sub->up_id, sub->up_id_len);
-            params[n - 1] = ']';
-            router_internal(sub->srv->router, sub->unsub, params, n, 0, REQUEST_PICK_TARGET,
-                            sub->member, NULL, NULL);
-            free(params);
-        }
+        sub_unsubscribe_upstream(sub);
         log_debug("upstream %u: unsubscribed %s (no subscribers left)", sub->member->index,
                   sub->method);
     }
@@ -460,11 +467,16 @@ static void subscriber_reply(struct subscriber *sb)
         {"}", 1},
     };
     struct batch *b = sb->batch;
+    char *req_id = sb->req_id;
 
+    /*
+     * No longer owed before it is delivered: delivering may complete its
+     * batch, which is when subs_batch_done releases held notifications.
+     */
+    sb->req_id = NULL;
     sb->announced = b == NULL;
     session_deliver(sb->session, b, parts, 5);
-    free(sb->req_id);
-    sb->req_id = NULL;
+    free(req_id);
 }
 
 /* The current value to a subscriber that just got its reply. */
@@ -922,6 +934,26 @@ void subs_on_lost(struct server *srv, struct pool_member *m)
     }
     if (n_moved || n_ended)
         log_info("upstream %u: %u subscriptions moved, %u ended", m->index, n_moved, n_ended);
+}
+
+void subs_move(struct server *srv, struct pool_member *m)
+{
+    struct sub *sub, *next;
+    unsigned n_moved = 0;
+    (void)srv;
+
+    for (sub = TAILQ_FIRST(&m->subs); sub; sub = next) {
+        next = TAILQ_NEXT(sub, m_link);
+        if (!sub->key || sub->state != SUB_ACTIVE)
+            continue;
+        /* Best effort: the link closes once idle anyway, but the node may free it now. */
+        sub_unsubscribe_upstream(sub);
+        sub_detach_member(sub);
+        sub_start(sub);
+        n_moved++;
+    }
+    if (n_moved)
+        log_info("upstream %u: %u subscriptions moved to the new pool", m->index, n_moved);
 }
 
 void subs_status(struct server *srv, struct evbuffer *out)

@@ -24,6 +24,12 @@ void subs_batch_done(struct subscriber_list *list, struct batch *b);
 void subs_on_notification(struct server *srv, struct pool_member *m, const char *msg, size_t len,
                           const struct jsonrpc_msg *jm);
 void subs_on_lost(struct server *srv, struct pool_member *m);
+/*
+ * Reload: m's pool was replaced. Shared subscriptions are unsubscribed on m
+ * and re-created on the new pool, as after a loss but while m still works:
+ * clients keep their ids and see no repeat. Pinned ones stay on m.
+ */
+void subs_move(struct server *srv, struct pool_member *m);
 void subs_status(struct server *srv, struct evbuffer *out);
 /* At exit, after sessions are gone. */
 void subs_free_all(struct server *srv);

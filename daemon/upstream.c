@@ -533,6 +533,9 @@ static void ws_frame_chunk_cb(wslay_event_context_ptr ctx,
     struct upstream *u = user_data;
     struct rx *rx = &u->rx;
     const char *p = (const char *)arg->data;
+
+    /* A long frame still arriving is a live peer: its pong cannot overtake it. */
+    u->last_rx_ms = mono_ms();
     size_t n = arg->data_length;
     (void)ctx;
 
@@ -1061,14 +1064,14 @@ static void attempt(struct upstream *u)
             link_down(u, "TLS: cannot set up a session for %s", u->url.host);
             return;
         }
-        /* The bufferevent frees the session with itself; not when it cannot be created. */
+        /*
+         * The bufferevent owns the session from here on, also when it cannot be
+         * created: with BEV_OPT_CLOSE_ON_FREE libevent frees it on that path.
+         */
         u->bev = bufferevent_openssl_socket_new(u->base, -1, ssl, BUFFEREVENT_SSL_CONNECTING,
                                                 BEV_OPT_CLOSE_ON_FREE);
-        if (u->bev) {
+        if (u->bev)
             u->tls = true;
-        } else {
-            SSL_free(ssl);
-        }
     } else {
         u->bev = bufferevent_socket_new(u->base, -1, BEV_OPT_CLOSE_ON_FREE);
     }

@@ -240,6 +240,36 @@ int chain_storage(const struct chain *c, const char *key, size_t len, uint64_t *
     return 0;
 }
 
+bool chain_storage_dynamic(const char *key, size_t len)
+{
+    return len > 2 && key[len - 2] == '0' && key[len - 1] == '1';
+}
+
+size_t chain_storage_json(const struct chain *c, const char *key, size_t len, uint64_t n,
+                          char out[CHAIN_VALUE_JSON_MAX])
+{
+    uint64_t h;
+    size_t nbytes;
+    char *p = out;
+
+    *p++ = '"';
+    *p++ = '0';
+    *p++ = 'x';
+    if (chain_storage_dynamic(key, len)) {
+        for (int i = 0; i < 8; i++) {
+            *p++ = hex_digits[(n >> (8 * i + 4)) & 15];
+            *p++ = hex_digits[(n >> (8 * i)) & 15];
+        }
+    } else {
+        if (chain_storage(c, key, len, &h, &nbytes) != 0)
+            return 0;
+        chain_fill_hex(h, p, nbytes);
+        p += 2 * nbytes;
+    }
+    *p++ = '"';
+    return (size_t)(p - out);
+}
+
 uint64_t chain_keys_total(const struct chain *c, const char *prefix, size_t len)
 {
     return 16 + chain_hash_hex(chain_domain_key(c, CHAIN_DOMAIN_KEYS), prefix, len) % 1009;

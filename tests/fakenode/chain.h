@@ -11,8 +11,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define CHAIN_HASH_LEN   32
-#define CHAIN_HEADER_MAX 512
+#define CHAIN_HASH_LEN       32
+#define CHAIN_HEADER_MAX     512
+#define CHAIN_VALUE_JSON_MAX 200 /* a storage value as JSON: quotes, "0x", 2 x 96 digits */
 
 /* Keys per state_getKeysPaged page, as Substrate caps it. */
 #define CHAIN_KEYS_PAGE_MAX 1000
@@ -80,11 +81,23 @@ void chain_fill_hex(uint64_t h, char *out, size_t nbytes);
 /*
  * Storage value for a valid "0x..." key: 0 with the stream seed and byte
  * length (4..96) of the value, or -ENOENT when the key reads as null: the key
- * is empty or its last byte is 0x00 (hex ending in "00"). Values do not change
- * from block to block.
+ * is empty or its last byte is 0x00 (hex ending in "00"). These values do not
+ * change from block to block; see chain_storage_json for the keys that do.
  */
 int chain_storage(const struct chain *c, const char *key, size_t len, uint64_t *ret_h,
                   size_t *ret_len);
+
+/* True for a key whose value changes every block: its last byte is 0x01 (hex ending in "01"). */
+bool chain_storage_dynamic(const char *key, size_t len);
+
+/*
+ * The value of a valid "0x..." key at block n as JSON (quotes included) in
+ * out; returns its length, or 0 when the key reads as null. A dynamic key's
+ * value is n as a SCALE u64 (8 bytes, little endian); any other key's is
+ * chain_storage's, whatever n.
+ */
+size_t chain_storage_json(const struct chain *c, const char *key, size_t len, uint64_t n,
+                          char out[CHAIN_VALUE_JSON_MAX]);
 
 /* How many keys exist under a valid "0x..." prefix: 16..1024. */
 uint64_t chain_keys_total(const struct chain *c, const char *prefix, size_t len);

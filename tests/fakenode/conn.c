@@ -48,6 +48,16 @@ struct pending {
 static void conn_process(struct conn *c);
 static void conn_send_text(struct conn *c, struct evbuffer *buf);
 
+static void sub_free(struct sub *s)
+{
+    if (!s)
+        return;
+    for (size_t i = 0; i < s->n_keys; i++)
+        free(s->keys[i]);
+    free(s->keys);
+    free(s);
+}
+
 static void conn_uncount(struct conn *c)
 {
     if (c->counted) {
@@ -88,7 +98,7 @@ static void conn_drop_work(struct conn *c)
     while (c->subs) {
         struct sub *s = c->subs;
         c->subs = s->next;
-        free(s);
+        sub_free(s);
         c->dn->n_subs--;
     }
 }
@@ -279,25 +289,98 @@ out:
     evbuffer_free(buf);
 }
 
-static void conn_send_notification(struct conn *c, const struct sub *s, const char *result,
-                                   size_t len)
+/* A notification's envelope up to its result; NULL when out of memory. */
+static struct evbuffer *notification_begin(const struct sub *s)
 {
     static const char *const methods[] = {
         [SUB_NEW_HEADS] = "chain_newHead",
         [SUB_FINALIZED_HEADS] = "chain_finalizedHead",
         [SUB_RUNTIME_VERSION] = "state_runtimeVersion",
+        [SUB_STORAGE] = "state_storage",
+        [SUB_EXTRINSIC] = "author_extrinsicUpdate",
     };
     struct evbuffer *buf = evbuffer_new();
     if (!buf)
-        return;
+        return NULL;
     evbuffer_add_printf(
         buf,
         "{\"jsonrpc\":\"2.0\",\"method\":\"%s\",\"params\":{\"subscription\":\"%s\","
         "\"result\":",
         methods[s->kind], s->id);
-    evbuffer_add(buf, result, len);
+    return buf;
+}
+
+static void notification_end(struct conn *c, struct evbuffer *buf)
+{
     evbuffer_add(buf, "}}", 2);
     conn_send_text(c, buf);
+}
+
+static void conn_send_notification(struct conn *c, const struct sub *s, const char *result,
+                                   size_t len)
+{
+    struct evbuffer *buf = notification_begin(s);
+    if (!buf)
+        return;
+    evbuffer_add(buf, result, len);
+    notification_end(c, buf);
+}
+
+/*
+ * state_storage at the best block: every key (all) or only those whose value
+ * changed since the block before (the dynamic ones). Nothing is sent when no
+ * key changed, as on a node.
+ */
+static void conn_send_storage(struct conn *c, const struct sub *s, bool all)
+{
+    struct devnode *dn = c->dn;
+    const struct chain *ch = &dn->chain;
+    char hash[72], value[CHAIN_VALUE_JSON_MAX];
+    size_t n_out = 0;
+
+    struct evbuffer *buf = notification_begin(s);
+    if (!buf)
+        return;
+    evbuffer_add(buf, "{\"block\":", 9);
+    evbuffer_add(buf, hash, chain_block_hash_json(ch, ch->best, hash));
+    evbuffer_add(buf, ",\"changes\":[", 12);
+    for (size_t i = 0; i < s->n_keys; i++) {
+        /* Keys are stored as JSON strings: the hex is inside the quotes. */
+        const char *key = s->keys[i] + 1;
+        size_t klen = strlen(s->keys[i]) - 2;
+        if (!all && !chain_storage_dynamic(key, klen))
+            continue;
+        size_t vlen = chain_storage_json(ch, key, klen, ch->best, value);
+        if (n_out++ > 0)
+            evbuffer_add(buf, ",", 1);
+        evbuffer_add(buf, "[", 1);
+        evbuffer_add(buf, s->keys[i], klen + 2);
+        evbuffer_add(buf, ",", 1);
+        if (vlen)
+            evbuffer_add(buf, value, vlen);
+        else
+            evbuffer_add(buf, "null", 4);
+        evbuffer_add(buf, "]", 1);
+    }
+    if (!all && n_out == 0) {
+        evbuffer_free(buf);
+        return;
+    }
+    evbuffer_add(buf, "]}", 2);
+    notification_end(c, buf);
+}
+
+/* author_extrinsicUpdate {"inBlock": ...} or {"finalized": ...} naming block n. */
+static void conn_send_extrinsic(struct conn *c, const struct sub *s, const char *status, uint64_t n)
+{
+    char hash[72];
+    struct evbuffer *buf = notification_begin(s);
+    if (!buf)
+        return;
+    evbuffer_add_printf(buf, "{\"%s\":", status);
+    evbuffer_add(buf, hash, chain_block_hash_json(&c->dn->chain, n, hash));
+    evbuffer_add(buf, "}", 1);
+    notification_end(c, buf);
 }
 
 /* The first notification of a subscription, sent right after the reply with its id. */
@@ -318,13 +401,18 @@ static void sub_send_initial(struct conn *c, struct sub *s)
     case SUB_RUNTIME_VERSION:
         conn_send_notification(c, s, CHAIN_RUNTIME_VERSION, sizeof(CHAIN_RUNTIME_VERSION) - 1);
         break;
+    case SUB_STORAGE:
+        conn_send_storage(c, s, true);
+        break;
+    case SUB_EXTRINSIC:
+        conn_send_notification(c, s, "\"ready\"", 7);
+        break;
     }
 }
 
-/* Write a reply now, then start the subscriptions it announced. */
-static void conn_send_reply(struct conn *c, struct evbuffer *buf, uint64_t token)
+/* Send the first notification of every subscription the message `token` created. */
+static void conn_start_subs(struct conn *c, uint64_t token)
 {
-    conn_send_text(c, buf);
     /* A send can kill the connection, which frees the list: check before moving on. */
     struct sub *s = c->subs;
     while (s && c->state == CONN_WS) {
@@ -335,6 +423,19 @@ static void conn_send_reply(struct conn *c, struct evbuffer *buf, uint64_t token
         }
         s = c->state == CONN_WS ? next : NULL;
     }
+}
+
+/* Write a reply now and start the subscriptions it announced: after it, or before it under
+ * FAULT_NOTIFY_FIRST (as some nodes and emulators do). */
+static void conn_send_reply(struct conn *c, struct evbuffer *buf, uint64_t token)
+{
+    if (c->notify_first) {
+        conn_start_subs(c, token);
+        conn_send_text(c, buf);
+        return;
+    }
+    conn_send_text(c, buf);
+    conn_start_subs(c, token);
 }
 
 /* The moment a reply is due: FAULT_REORDER may hold it for its partner. */
@@ -471,6 +572,7 @@ static void conn_apply_fault(struct conn *c, enum fault_kind kind)
     case FAULT_NONE:
         c->oversize = false;
         c->reorder = false;
+        c->notify_first = false;
         conn_flush_held(c);
         break;
     case FAULT_CLOSE:
@@ -501,6 +603,9 @@ static void conn_apply_fault(struct conn *c, enum fault_kind kind)
     case FAULT_REORDER:
         c->reorder = true;
         break;
+    case FAULT_NOTIFY_FIRST:
+        c->notify_first = true;
+        break;
     case FAULT_REFUSE429:
     case FAULT_FREEZE:
     case FAULT_HANGUP:
@@ -523,13 +628,20 @@ static void conn_fault_all(struct devnode *dn, enum fault_kind kind)
 
 /* --- subscriptions --- */
 
-struct sub *conn_sub_add(struct conn *c, enum sub_kind kind, uint64_t token)
+struct sub *conn_sub_add(struct conn *c, enum sub_kind kind, uint64_t token, char **keys,
+                         size_t n_keys)
 {
     static const char alphabet[] = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
     struct devnode *dn = c->dn;
     struct sub *s = calloc(1, sizeof(*s));
-    if (!s)
+    if (!s) {
+        for (size_t i = 0; i < n_keys; i++)
+            free(keys[i]);
+        free(keys);
         return NULL;
+    }
+    s->keys = keys;
+    s->n_keys = n_keys;
 
     /* Random-looking like jsonrpsee's ids, but the same in every run. */
     uint64_t w =
@@ -553,10 +665,42 @@ bool conn_sub_remove(struct conn *c, enum sub_kind kind, const char *id, size_t 
         struct sub *s = *pp;
         if (s->kind == kind && len == SUB_ID_LEN && memcmp(s->id, id, len) == 0) {
             *pp = s->next;
-            free(s);
+            sub_free(s);
             c->dn->n_subs--;
             return true;
         }
+    }
+    return false;
+}
+
+/* What a new best block means for one started subscription; true when it has ended. */
+static bool sub_on_block(struct conn *c, struct sub *s, const char *fin_json, size_t fin_len)
+{
+    struct devnode *dn = c->dn;
+
+    switch (s->kind) {
+    case SUB_NEW_HEADS:
+        conn_send_notification(c, s, dn->head_json, dn->head_len);
+        break;
+    case SUB_FINALIZED_HEADS:
+        if (fin_json)
+            conn_send_notification(c, s, fin_json, fin_len);
+        break;
+    case SUB_RUNTIME_VERSION:
+        break;
+    case SUB_STORAGE:
+        conn_send_storage(c, s, false);
+        break;
+    case SUB_EXTRINSIC:
+        /* ready -> inBlock at the next block -> finalized once that block is, then over. */
+        if (s->in_block == 0) {
+            s->in_block = dn->chain.best;
+            conn_send_extrinsic(c, s, "inBlock", s->in_block);
+        } else if (chain_finalized(&dn->chain) >= s->in_block) {
+            conn_send_extrinsic(c, s, "finalized", s->in_block);
+            return true;
+        }
+        break;
     }
     return false;
 }
@@ -566,14 +710,20 @@ void conn_notify_block(struct devnode *dn, const char *fin_json, size_t fin_len)
     for (struct conn *c = dn->conns; c; c = c->next) {
         if (c->state != CONN_WS || c->stalled)
             continue;
-        struct sub *s = c->subs;
-        while (s && c->state == CONN_WS) {
-            struct sub *next = s->next;
-            if (s->token == 0 && s->kind == SUB_NEW_HEADS)
-                conn_send_notification(c, s, dn->head_json, dn->head_len);
-            else if (s->token == 0 && s->kind == SUB_FINALIZED_HEADS && fin_json)
-                conn_send_notification(c, s, fin_json, fin_len);
-            s = c->state == CONN_WS ? next : NULL;
+        /* A send can kill the connection, which frees the list: check before moving on. */
+        struct sub **pp = &c->subs;
+        while (*pp && c->state == CONN_WS) {
+            struct sub *s = *pp;
+            bool ended = s->token == 0 && sub_on_block(c, s, fin_json, fin_len);
+            if (c->state != CONN_WS)
+                break;
+            if (ended) {
+                *pp = s->next;
+                sub_free(s);
+                dn->n_subs--;
+            } else {
+                pp = &s->next;
+            }
         }
         conn_flush(c);
     }

@@ -46,14 +46,21 @@ static const char usage[] =
     "\n"
     "Chain data: block N's hash is derived from (seed, N); finalized = best - 2.\n"
     "state_getStorage is null when the key is empty or its last byte is 0x00 (hex\n"
-    "ending in \"00\"), otherwise 4..96 bytes derived from the key; storage never\n"
-    "changes between blocks. state_getKeysPaged: each prefix holds 16..1024 keys,\n"
-    "prefix + 8-byte big-endian index.\n"
+    "ending in \"00\"); a key whose last byte is 0x01 holds the block number as a\n"
+    "SCALE u64 and so changes every block; any other key holds 4..96 bytes derived\n"
+    "from the key, the same at every block. state_getKeysPaged: each prefix holds\n"
+    "16..1024 keys, prefix + 8-byte big-endian index.\n"
+    "\n"
+    "Subscriptions: chain_subscribeNewHeads, chain_subscribeFinalizedHeads,\n"
+    "state_subscribeRuntimeVersion, state_subscribeStorage [keys] (every key at\n"
+    "once, then the changed ones each block), author_submitAndWatchExtrinsic [hex]\n"
+    "(ready, inBlock at the next block, finalized two blocks later, then over).\n"
     "\n"
     "Test control methods: devnode_stats, devnode_sleep [ms], devnode_echo [any],\n"
     "devnode_blob [bytes], devnode_newBlock (or dev_newBlock),\n"
     "devnode_fault [kind, \"conn\"|\"all\"] with kind one of none, close, stall,\n"
-    "garbage, garbage_binary, oversize, reorder, refuse429, freeze, hangup.\n"
+    "garbage, garbage_binary, oversize, reorder, notify_first, refuse429, freeze,\n"
+    "hangup.\n"
     "Connections opened on the path /control are exempt from faults of scope \"all\".\n";
 
 static const char *const fault_names[] = {
@@ -67,6 +74,7 @@ static const char *const fault_names[] = {
     [FAULT_REFUSE429] = "refuse429",
     [FAULT_FREEZE] = "freeze",
     [FAULT_HANGUP] = "hangup",
+    [FAULT_NOTIFY_FIRST] = "notify_first",
 };
 
 int fault_parse(const char *s, size_t len, enum fault_kind *ret)

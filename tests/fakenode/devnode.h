@@ -31,6 +31,7 @@ enum fault_kind {
     FAULT_REFUSE429,      /* new handshakes get 429 (scope "all" only) */
     FAULT_FREEZE,         /* no new blocks until the fault is lifted, then catch up (scope "all") */
     FAULT_HANGUP,         /* new handshakes: the connection is closed, unanswered (scope "all") */
+    FAULT_NOTIFY_FIRST,   /* a subscription's first notification goes out before its reply */
 };
 
 int fault_parse(const char *s, size_t len, enum fault_kind *ret);
@@ -78,7 +79,7 @@ struct devnode {
     uint64_t n_handshakes;
     uint64_t n_refused;      /* upgrades answered 429 */
     uint64_t n_hangups;      /* upgrades left unanswered under FAULT_HANGUP */
-    uint64_t n_extrinsics;   /* author_submitExtrinsic calls dispatched */
+    uint64_t n_extrinsics;   /* author_submitExtrinsic and author_submitAndWatchExtrinsic calls */
     uint64_t n_tls_failures; /* TLS handshakes that did not complete */
     /* state_getMetadata's whole result, quotes included; replies reference it. */
     char *metadata;
@@ -99,6 +100,8 @@ enum sub_kind {
     SUB_NEW_HEADS = 0,
     SUB_FINALIZED_HEADS,
     SUB_RUNTIME_VERSION,
+    SUB_STORAGE,   /* state_subscribeStorage */
+    SUB_EXTRINSIC, /* author_submitAndWatchExtrinsic */
 };
 
 #define SUB_ID_LEN 16
@@ -110,6 +113,11 @@ struct sub {
     uint64_t token;
     enum sub_kind kind;
     char id[SUB_ID_LEN + 1];
+    /* SUB_STORAGE: the keys as JSON strings, lowercased, in the order asked (owned). */
+    char **keys;
+    size_t n_keys;
+    /* SUB_EXTRINSIC: the block it went into; 0 while it is only "ready". */
+    uint64_t in_block;
 };
 
 enum conn_state {
@@ -130,14 +138,15 @@ struct conn {
     struct event kill_ev;    /* frees the connection outside every callback of its own */
     struct event reorder_ev; /* sends a held reply that found no partner */
     enum conn_state state;
-    bool counted;     /* included in dn->n_conns */
-    bool control;     /* opened on /control: exempt from scope "all" faults */
-    bool in_recv;     /* inside wslay_event_recv: leave wslay_event_send for later */
-    bool stalled;     /* FAULT_STALL */
-    bool reorder;     /* FAULT_REORDER */
-    bool oversize;    /* FAULT_OVERSIZE, armed */
-    bool read_paused; /* too much unsent output: requests wait */
-    bool tls_up;      /* TLS connections: the TLS handshake completed */
+    bool counted;      /* included in dn->n_conns */
+    bool control;      /* opened on /control: exempt from scope "all" faults */
+    bool in_recv;      /* inside wslay_event_recv: leave wslay_event_send for later */
+    bool stalled;      /* FAULT_STALL */
+    bool reorder;      /* FAULT_REORDER */
+    bool oversize;     /* FAULT_OVERSIZE, armed */
+    bool read_paused;  /* too much unsent output: requests wait */
+    bool tls_up;       /* TLS connections: the TLS handshake completed */
+    bool notify_first; /* FAULT_NOTIFY_FIRST */
     struct pending *pending;
     struct evbuffer *held; /* FAULT_REORDER: the first of a pair */
     uint64_t held_token;
@@ -166,7 +175,9 @@ void conn_reply(struct conn *c, struct evbuffer *buf, const struct reply_opts *o
  * NULL when finality did not move). */
 void conn_notify_block(struct devnode *dn, const char *fin_json, size_t fin_len);
 
-struct sub *conn_sub_add(struct conn *c, enum sub_kind kind, uint64_t token);
+/* A new subscription; for SUB_STORAGE it takes ownership of keys (also on failure). */
+struct sub *conn_sub_add(struct conn *c, enum sub_kind kind, uint64_t token, char **keys,
+                         size_t n_keys);
 bool conn_sub_remove(struct conn *c, enum sub_kind kind, const char *id, size_t len);
 
 /* --- dispatcher (rpc.c) --- */

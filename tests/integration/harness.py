@@ -390,8 +390,9 @@ class Daemon:
         self.pool_size = pool_size
         self.options = dict(options or {})
         # wrapper: a command that runs the daemon, e.g. valgrind and its options.
-        argv = [*wrapper, daemon_binary(), "--socket", self.socket, "--pool-size", pool_size,
-                "--log-level", log_level]
+        argv = [*wrapper, daemon_binary(), "--socket", self.socket, "--pool-size", pool_size]
+        if log_level is not None:  # None: the config file decides
+            argv += ["--log-level", log_level]
         for u in upstreams:
             argv += ["--upstream", getattr(u, "url", u)]
         for k, v in self.options.items():

@@ -60,8 +60,7 @@ def test_nonblocking_in_libevent(served):
 
 
 def test_subscribe(served):
-    """Notifications routed to the subscription, then unsubscribe (skips while the daemon
-    answers -32054 to subscribe methods)."""
+    """Notifications routed to the subscription, then unsubscribe."""
     run_check("subscribe", served.socket)
 
 

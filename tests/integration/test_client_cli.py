@@ -33,15 +33,6 @@ def served(devnode, daemon):
     return daemon(devnode(block_ms=50))
 
 
-def subscriptions_routed(d) -> bool:
-    """False while the daemon refuses subscribe methods (-32054)."""
-    r = cli("--socket", d.socket, "subscribe", "chain_subscribeNewHeads", "--count", "1")
-    if r.returncode == RPC and "-32054" in r.stderr:
-        return False
-    assert r.returncode == OK, r.stderr
-    return True
-
-
 def test_help_documents_every_option_and_exit_code():
     r = cli("--help")
     assert r.returncode == OK and r.stderr == ""
@@ -193,13 +184,12 @@ def test_socket_in_xdg_runtime_dir(devnode, daemon, short_dir):
     assert d.proc.alive()
 
 
-def test_subscribe_refused_exits_1(served):
-    """Until the daemon routes subscriptions, the refusal is a JSON-RPC error (exit 1)."""
-    r = cli("--socket", served.socket, "subscribe", "chain_subscribeNewHeads", "--count", "2")
-    if r.returncode == OK:
-        pytest.skip("this daemon routes subscriptions")
-    assert r.returncode == RPC, r.stderr
-    assert "-32054" in r.stderr
+def test_subscribe_refused_by_the_node_exits_1(served):
+    """A subscribe the node refuses (bad params) is a JSON-RPC error: exit 1, code on stderr."""
+    r = cli("--socket", served.socket, "subscribe", "state_subscribeStorage", '["not keys"]',
+            "--count", "1")
+    assert r.returncode == RPC, (r.returncode, r.stderr)
+    assert "-32602" in r.stderr
 
 
 def test_subscribe_needs_an_unsubscribe_method(served):
@@ -208,8 +198,6 @@ def test_subscribe_needs_an_unsubscribe_method(served):
 
 
 def test_subscribe_count(served):
-    if not subscriptions_routed(served):
-        pytest.skip("this subpoold does not route subscriptions yet (-32054)")
     r = cli("--socket", served.socket, "subscribe", "chain_subscribeNewHeads", "--count", "3")
     assert r.returncode == OK, r.stderr
     heads = [json.loads(line) for line in r.stdout.splitlines()]
@@ -219,8 +207,6 @@ def test_subscribe_count(served):
 
 
 def test_subscribe_until_interrupted(served):
-    if not subscriptions_routed(served):
-        pytest.skip("this subpoold does not route subscriptions yet (-32054)")
     p = subprocess.Popen([str(cli_binary()), "--socket", served.socket, "subscribe",
                           "chain_subscribeNewHeads"], stdin=subprocess.DEVNULL,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -88,6 +88,18 @@ def test_primary_unreachable_at_start(devnode, daemon):
         check_reply_ok(c.call("devnode_echo", ["x"]), b"1", "x")
 
 
+def test_primary_that_never_answers_calls_is_left_at_start(devnode, daemon):
+    """A primary that accepts websockets and answers pings, but no calls (a wedged node,
+    or one that rate-limits every RPC), must not hold the pool while a fallback answers."""
+    wedged = devnode("--latency-ms", "600000")
+    fallback = devnode()
+    d = daemon(wedged, fallback, pool_size=2, wait=False, **FAST)
+    d.wait_listening()
+    d.wait_status(lambda s: on(s, 1), "the pool on the answering fallback")
+    with d.client() as c:
+        check_reply_ok(c.call("devnode_echo", ["x"], timeout=10), b"1", "x")
+
+
 def test_stalled_primary_is_left_within_the_pong_deadline(devnode, daemon):
     primary, fallback, d = start(devnode, daemon)
     bg = BackgroundTraffic(d)

@@ -190,3 +190,18 @@ def test_slow_subscriber_is_disconnected_and_nobody_else_slows(devnode, daemon):
     assert all(b == a + 1 for a, b in zip(seen, seen[1:])), "the fast client saw a gap"
     assert d.log.count("exceed client_max_output") == 1, "only the slow client is dropped"
     assert d.status()["subscriptions"][0]["subscribers"] == 1
+
+
+def test_subscribe_in_a_batch_with_an_overtaking_notification(devnode, daemon):
+    """The node sends the first notification before the subscribe reply, and the client
+    subscribed inside a batch: the batch reply comes first, then the held notification."""
+    node = devnode(block_ms=0)
+    d = daemon(node)
+    node.fault("notify_first", "all")
+    c = d.client()
+    c.send_batch([harness.request_line("chain_subscribeNewHeads", [], b"7")])
+    [reply] = c.recv(timeout=10)
+    assert reply.id_raw == b"7" and reply.has_result, reply
+    params = json.loads(c.recv(timeout=10).members["params"])
+    assert params["subscription"] == reply.result
+    assert int(params["result"]["number"], 16) == node.stats()["best"]
