@@ -15,8 +15,10 @@
  * consecutive failure; the delay before attempt n+1 is backoff_min_ms * 2^(n-1)
  * capped at backoff_max_ms, drawn uniformly from [d/2, d]. The count goes
  * back to zero once a link has proven healthy: it delivered a complete
- * message, or it stayed READY for at least STABLE_MS. A node that accepts
- * upgrades and then drops them at once therefore keeps backing off. The
+ * message and stayed READY for SHORT_LIVED_MS, or it stayed READY for
+ * STABLE_MS. A node that accepts upgrades, or answers once, and then drops
+ * the link therefore keeps backing off, and its loss counts as the node
+ * not answering (the pool may leave the endpoint). The
  * owner may cut a backoff short (upstream_reconnect), for instance after
  * pointing the upstream at another endpoint (upstream_set_url).
  */
@@ -58,6 +60,8 @@
 #define RX_KEEP ((size_t)1 << 20)
 /* A link READY for this long counts as healthy even if it was silent. */
 #define STABLE_MS 30000u
+/* A link lost sooner than this after READY says the node is not really serving. */
+#define SHORT_LIVED_MS 1000u
 /* Servers asking for more than this in Retry-After are not taken literally. */
 #define RETRY_AFTER_MAX_MS 3600000u
 /* Identical failures in a row: log the first, then every this many. */
@@ -321,15 +325,21 @@ static void link_down(struct upstream *u, const char *fmt, ...)
     bool repeat = u->have_error && !was_ready && strcmp(u->last_error, reason) == 0;
     memcpy(u->last_error, reason, sizeof(reason));
     u->have_error = true;
+    uint64_t lived = was_ready ? mono_ms() - u->ready_at_ms : 0;
     if (was_ready) {
-        if (u->healthy || mono_ms() - u->ready_at_ms >= STABLE_MS)
+        /*
+         * A link that carried a message counts as proof only if it also lived
+         * a moment: a node (or rate limiter) that answers once and hangs up
+         * must keep backing off, not be hit at reconnect_min forever.
+         */
+        if (lived >= STABLE_MS || (u->healthy && lived >= SHORT_LIVED_MS))
             u->failures = 0;
         u->reconnects++;
         u->fail_repeat = 0;
         u->lost_pending = true;
         memcpy(u->lost_reason, reason, sizeof(reason));
         /* A pong timeout, or a link that never carried a message: the node may be the problem. */
-        u->lost_unresponsive = !u->healthy || u->pong_late;
+        u->lost_unresponsive = !u->healthy || u->pong_late || lived < SHORT_LIVED_MS;
         ulog(LOG_LEVEL_INFO, u, "lost: %s", reason);
     } else {
         u->failed_pending = true;

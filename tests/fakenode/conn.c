@@ -436,6 +436,8 @@ static void conn_send_reply(struct conn *c, struct evbuffer *buf, uint64_t token
     }
     conn_send_text(c, buf);
     conn_start_subs(c, token);
+    if (c->one_reply)
+        conn_close_after_flush(c);
 }
 
 /* The moment a reply is due: FAULT_REORDER may hold it for its partner. */
@@ -573,6 +575,7 @@ static void conn_apply_fault(struct conn *c, enum fault_kind kind)
         c->oversize = false;
         c->reorder = false;
         c->notify_first = false;
+        c->one_reply = false;
         conn_flush_held(c);
         break;
     case FAULT_CLOSE:
@@ -605,6 +608,9 @@ static void conn_apply_fault(struct conn *c, enum fault_kind kind)
         break;
     case FAULT_NOTIFY_FIRST:
         c->notify_first = true;
+        break;
+    case FAULT_ONE_REPLY:
+        c->one_reply = true;
         break;
     case FAULT_REFUSE429:
     case FAULT_FREEZE:

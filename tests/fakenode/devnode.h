@@ -32,6 +32,7 @@ enum fault_kind {
     FAULT_FREEZE,         /* no new blocks until the fault is lifted, then catch up (scope "all") */
     FAULT_HANGUP,         /* new handshakes: the connection is closed, unanswered (scope "all") */
     FAULT_NOTIFY_FIRST,   /* a subscription's first notification goes out before its reply */
+    FAULT_ONE_REPLY,      /* each connection closes after its next reply (a rate limiter) */
 };
 
 int fault_parse(const char *s, size_t len, enum fault_kind *ret);
@@ -147,6 +148,7 @@ struct conn {
     bool read_paused;  /* too much unsent output: requests wait */
     bool tls_up;       /* TLS connections: the TLS handshake completed */
     bool notify_first; /* FAULT_NOTIFY_FIRST */
+    bool one_reply;    /* FAULT_ONE_REPLY */
     struct pending *pending;
     struct evbuffer *held; /* FAULT_REORDER: the first of a pair */
     uint64_t held_token;

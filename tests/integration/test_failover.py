@@ -100,6 +100,18 @@ def test_primary_that_never_answers_calls_is_left_at_start(devnode, daemon):
         check_reply_ok(c.call("devnode_echo", ["x"], timeout=10), b"1", "x")
 
 
+def test_primary_that_answers_once_then_hangs_up_is_left(devnode, daemon):
+    """A node (or a rate limiter before it) that accepts each link, answers one message and
+    closes it must not keep the pool: short-lived links count as the node not answering."""
+    primary, fallback, d = start(devnode, daemon)
+    primary.fault("one_reply")
+    d.wait_status(lambda s: on(s, 1), "the pool on the fallback", timeout=20)
+    assert d.status()["endpoints"][0]["status"] == "down"
+    with d.client() as c:
+        for i in range(20):
+            check_reply_ok(c.call("devnode_echo", [i], timeout=10), str(i + 1).encode(), i)
+
+
 def test_stalled_primary_is_left_within_the_pong_deadline(devnode, daemon):
     primary, fallback, d = start(devnode, daemon)
     bg = BackgroundTraffic(d)
@@ -122,7 +134,9 @@ def test_primary_refusing_with_429_is_left_and_its_retry_after_honoured(devnode,
     primary.fault("close")
     primary.fault("refuse429")
     d.wait_status(lambda s: on(s, 1), "the pool on the fallback", timeout=15)
-    assert "429" in d.status()["endpoints"][0]["last_error"]
+    # The links dropped by the close may be what marked it down; the next attempt meets the 429.
+    d.wait_status(lambda s: "429" in (s["endpoints"][0]["last_error"] or ""),
+                  "the primary's 429 recorded", timeout=15)
     # From now on only the watch link tries the primary, at most once per Retry-After (2 s):
     # without it, 300 ms backoff steps would mean a dozen attempts in 3 s.
     first = primary.stats()["refused"]
