@@ -206,13 +206,15 @@ def test_async_subscription(devnode, daemon):
     asyncio.run(run())
 
 
-@pytest.mark.parametrize("example", ["subnets.py"])
-def test_examples_run(devnode, daemon, example):
+@pytest.mark.parametrize("subnets", [7, 128])
+def test_subnets_example_runs(devnode, daemon, subnets):
+    """The seeds' scenarios: subnets 1..7, then every subnet (128), sync and async agree."""
     d = daemon(devnode(block_ms=0, latency_ms=5))
-    r = subprocess.run([sys.executable, str(PYTHON_DIR / "examples" / example), "--socket", d.socket],
+    r = subprocess.run([sys.executable, str(PYTHON_DIR / "examples" / "subnets.py"), "--socket",
+                        d.socket, "--subnets", str(subnets)],
                        capture_output=True, text=True, timeout=120, cwd=PYTHON_DIR)
     assert r.returncode == 0, r.stderr
-    assert "subnet 7" in r.stdout and "async" in r.stdout and "sync" in r.stdout, r.stdout
+    assert f"subnet {subnets}:" in r.stdout and "async" in r.stdout, r.stdout
 
 
 def test_package_builds_with_the_stdlib_backend_alone(tmp_path):

@@ -1,4 +1,4 @@
-"""Check subnets 1..7 and pull data for each one through subpoold, first with the
+"""Check subnets 1..7 (or 1..N with --subnets N) and pull data for each one through subpoold, first with the
 blocking Client (one request after another), then with AsyncClient (everything in
 flight at once on one connection, via asyncio.gather), and time both.
 
@@ -55,16 +55,16 @@ def exists(subnet_info) -> bool:
     return bool(subnet_info) and subnet_info != "0x00"
 
 
-def run_sync(path):
+def run_sync(path, subnets):
     with subpool.Client(path, timeout=30) as c:
-        present = [n for n in SUBNETS if exists(c.call(*check_request(n)))]
+        present = [n for n in subnets if exists(c.call(*check_request(n)))]
         return {n: [c.call(m, p) for m, p in data_requests(n)] for n in present}
 
 
-async def run_async(path):
+async def run_async(path, subnets):
     async with subpool.AsyncClient(path, timeout=30) as c:
-        infos = await asyncio.gather(*(c.call(*check_request(n)) for n in SUBNETS))
-        present = [n for n, info in zip(SUBNETS, infos) if exists(info)]
+        infos = await asyncio.gather(*(c.call(*check_request(n)) for n in subnets))
+        present = [n for n, info in zip(subnets, infos) if exists(info)]
         per_subnet = await asyncio.gather(
             *(asyncio.gather(*(c.call(m, p) for m, p in data_requests(n))) for n in present))
         return dict(zip(present, per_subnet))
@@ -79,8 +79,8 @@ def u16(value):
     return int.from_bytes(bytes.fromhex(value[2:6]), "little") if value else "-"
 
 
-def show(data):
-    for n in SUBNETS:
+def show(data, subnets):
+    for n in subnets:
         if n not in data:
             print(f"subnet {n}: absent")
             continue
@@ -92,17 +92,20 @@ def show(data):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--socket", help="subpoold's socket (default: $SUBPOOL_SOCKET, then the system one)")
+    ap.add_argument("--subnets", type=int, default=len(SUBNETS),
+                    help="check subnets 1..N (default 7); e.g. 128 pulls data for every subnet")
     args = ap.parse_args()
+    subnets = range(1, args.subnets + 1)
     try:
         t0 = time.perf_counter()
-        blocking = run_sync(args.socket)
+        blocking = run_sync(args.socket, subnets)
         t1 = time.perf_counter()
-        concurrent = asyncio.run(run_async(args.socket))
+        concurrent = asyncio.run(run_async(args.socket, subnets))
         t2 = time.perf_counter()
     except subpool.Error as e:
         sys.exit(f"subnets: {e}")
-    show(concurrent)
-    n = len(SUBNETS) + sum(len(list(data_requests(s))) for s in concurrent)
+    show(concurrent, subnets)
+    n = len(subnets) + sum(len(list(data_requests(s))) for s in concurrent)
     print(f"{n} requests: sync {1000 * (t1 - t0):.1f} ms, async {1000 * (t2 - t1):.1f} ms "
           f"({(t1 - t0) / max(t2 - t1, 1e-9):.1f}x)")
     if blocking != concurrent:
