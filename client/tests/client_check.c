@@ -337,7 +337,13 @@ static int scenario_libevent(const char *path)
     memset(big + 2, 'x', BIG);
     memcpy(big + 2 + BIG, "\"]", 3);
     CHECK(subpool_send(l.c, "devnode_echo", big, 20000, on_big, &l, NULL) == 0, "send big");
-    CHECK(subpool_want_write(l.c), "4 MiB were written at once");
+    /*
+     * Usually the socket takes only part of it and the loop must finish the
+     * write; a daemon draining it on the other core can take it all at once,
+     * which is fine too.
+     */
+    if (!subpool_want_write(l.c))
+        say("note: the 4 MiB request went out in one go");
     free(big);
     l.left++;
     CHECK(subpool_send(l.c, "devnode_sleep", "[3000]", 200, on_expect, &l, NULL) == 0, "sleep");
