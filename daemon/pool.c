@@ -24,6 +24,7 @@
 #include <event2/event.h>
 #include <openssl/ssl.h>
 
+#include "clock.h"
 #include "log.h"
 #include "networks.h"
 #include "server.h"
@@ -31,20 +32,6 @@
 #include "upstream.h"
 
 static void pool_schedule(struct pool *p);
-
-static uint64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-static double wall_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 /* How logs name an endpoint: its network name, else its URL. */
 static const char *ep_name(const struct pool_endpoint *e)
@@ -103,9 +90,9 @@ static void ep_set_status(struct pool *p, struct pool_endpoint *e, enum endpoint
     if (e->status == st)
         return;
     e->status = st;
-    e->status_since = wall_now();
+    e->status_since = clock_wall();
     if (st == ENDPOINT_UP)
-        e->up_at_ms = mono_ms();
+        e->up_at_ms = clock_mono_ms();
     if (st == ENDPOINT_DOWN)
         log_warn("pool: endpoint %u (%s) is down: %s", e->index, ep_name(e),
                  reason ? reason : "no answer");
@@ -159,7 +146,7 @@ static bool header_number(const char *buf, const struct json_span *result, uint6
 static void best_seen(struct pool *p, struct pool_member *l, uint64_t n)
 {
     struct pool_endpoint *e = l->ep;
-    uint64_t now = mono_ms();
+    uint64_t now = clock_mono_ms();
     bool first = !l->best_known;
 
     if (first) {
@@ -214,7 +201,7 @@ static void health_poll(struct pool *p, struct pool_member *l)
         l->health_seq = 0;
         return;
     }
-    l->health_sent_ms = mono_ms();
+    l->health_sent_ms = clock_mono_ms();
 }
 
 /* True when msg answers one of the pool's polls (and was handled); false: it is the router's. */
@@ -260,7 +247,7 @@ static void health_tick(struct pool *p, struct pool_member *l, uint64_t now)
 static void health_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct pool *p = arg;
-    uint64_t now = mono_ms();
+    uint64_t now = clock_mono_ms();
     (void)fd;
     (void)what;
 
@@ -293,7 +280,7 @@ static void stale_update(struct pool *p)
 {
     uint64_t t = p->srv->cfg->stale_block_timeout_ms;
     bool on = t > 0 && p->n_endpoints > 1;
-    uint64_t now = mono_ms();
+    uint64_t now = clock_mono_ms();
     struct pool_member *links[64 + CONFIG_MAX_UPSTREAMS];
     unsigned n_links = 0;
 
@@ -432,7 +419,7 @@ static void member_failed(struct upstream *u, const char *reason, unsigned retry
     if (retry_after_ms) {
         log_info("upstream %u (%s): the node asks to retry after %u ms", m->index, ep_name(m->ep),
                  retry_after_ms);
-        m->ep->retry_at_ms = mono_ms() + retry_after_ms;
+        m->ep->retry_at_ms = clock_mono_ms() + retry_after_ms;
     }
     if (!ep_has_working_link(p, m->ep, m))
         ep_set_status(p, m->ep, ENDPOINT_DOWN, reason);
@@ -562,7 +549,7 @@ static struct pool_endpoint *choose_active(struct pool *p)
 {
     struct pool_endpoint *cur = p->active;
     bool cur_ok = cur->status != ENDPOINT_DOWN && !cur->stale;
-    uint64_t now = mono_ms();
+    uint64_t now = clock_mono_ms();
 
     /*
      * An endpoint that has not answered a health poll within a
@@ -602,7 +589,7 @@ static void rebalance(struct pool *p)
     stale_update(p);
     p->active = choose_active(p);
     if (p->active != prev)
-        p->active_at_ms = mono_ms();
+        p->active_at_ms = clock_mono_ms();
     if (p->active != prev)
         log_info("pool: endpoint %u (%s) is now active (endpoint %u (%s) is %s)", p->active->index,
                  ep_name(p->active), prev->index, ep_name(prev),
@@ -615,7 +602,7 @@ static void rebalance(struct pool *p)
         struct pool_endpoint *e = &p->endpoints[i];
         bool want = p->n_endpoints > 1 && e != p->active;
         /* A node that just asked a member to wait is not asked again by a new watch link. */
-        if (want && !e->watch && mono_ms() >= e->retry_at_ms)
+        if (want && !e->watch && clock_mono_ms() >= e->retry_at_ms)
             watch_start(p, e);
         else if (!want && e->watch)
             watch_retire(p, e);
@@ -682,7 +669,7 @@ static void rebalance(struct pool *p)
  */
 static void retire_pass(struct pool *p)
 {
-    bool late = mono_ms() >= p->retire_deadline;
+    bool late = clock_mono_ms() >= p->retire_deadline;
 
     for (unsigned i = 0; i < p->n; i++) {
         struct pool_member *m = &p->members[i];
@@ -766,11 +753,11 @@ struct pool *pool_new(struct server *srv, char *err, size_t errlen)
         if (!e->url)
             goto nomem;
         e->name = network_name_of(e->url);
-        e->status_since = wall_now();
+        e->status_since = clock_wall();
         any_tls |= strncmp(e->url, "wss://", 6) == 0;
     }
     p->active = &p->endpoints[0];
-    p->active_at_ms = mono_ms();
+    p->active_at_ms = clock_mono_ms();
     if (any_tls) {
         /* One context for every link: the trust store is read once. */
         p->tls = upstream_tls_new(cfg->tls_ca_file[0] ? cfg->tls_ca_file : NULL, err, errlen);
@@ -931,7 +918,7 @@ void pool_retire(struct pool *p)
     struct timeval tick = {1, 0};
 
     p->retiring = true;
-    p->retire_deadline = mono_ms() + p->srv->cfg->request_timeout_ms;
+    p->retire_deadline = clock_mono_ms() + p->srv->cfg->request_timeout_ms;
     evtimer_del(p->health);
     TAILQ_FOREACH(w, &p->watchers, w_link)
     {

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "clock.h"
 #include "log.h"
 #include "methods.h"
 #include "metrics.h"
@@ -296,13 +297,6 @@ void router_dispatch(struct router *rt)
     }
 }
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 void router_submit(struct router *rt, struct session *s, struct batch *b, const char *buf,
                    const struct jsonrpc_msg *msg, unsigned flags, unsigned method_slot)
 {
@@ -318,7 +312,7 @@ void router_submit(struct router *rt, struct session *s, struct batch *b, const 
     r->uid = rt->next_uid++;
     r->flags = flags;
     r->method_slot = method_slot;
-    r->start_ns = now_ns();
+    r->start_ns = clock_mono_ns();
     r->orig_id_len = id->len;
     r->orig_id = malloc(id->len);
     uid_len = jsonrpc_format_u64(uid, r->uid);
@@ -419,7 +413,7 @@ void router_on_message(struct router *rt, struct pool_member *m, const char *msg
         rt->srv->stats.responses++;
         if (jm.error.type != JSON_NONE)
             metrics_count_error(rt->srv->metrics, r->method_slot);
-        metrics_observe(rt->srv->metrics, now_ns() - r->start_ns);
+        metrics_observe(rt->srv->metrics, clock_mono_ns() - r->start_ns);
         session_deliver(s, b, parts, 3);
         request_free(r);
     } else {
@@ -519,7 +513,7 @@ struct request *router_internal(struct router *rt, const char *method, const cha
     r->target = target;
     r->done = done;
     r->done_ctx = ctx;
-    r->start_ns = now_ns();
+    r->start_ns = clock_mono_ns();
     uid_len = jsonrpc_format_u64(uid, r->uid);
     r->wire = malloc(64 + uid_len + mlen + params_len);
     if (!r->wire) {

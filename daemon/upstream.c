@@ -24,6 +24,7 @@
  */
 #include "upstream.h"
 
+#include "clock.h"
 #include "http.h"
 #include "json.h"
 #include "log.h"
@@ -143,20 +144,6 @@ struct upstream {
 
 static void attempt(struct upstream *u);
 
-static uint64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-static double wall_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static void up_log(enum log_level level, const struct upstream *u, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -184,7 +171,7 @@ static void set_state(struct upstream *u, enum upstream_state s)
         return;
     ulog(LOG_LEVEL_DEBUG, u, "%s -> %s", upstream_state_name(u->state), upstream_state_name(s));
     u->state = s;
-    u->state_since = wall_now();
+    u->state_since = clock_wall();
 }
 
 static void arm_timer(struct upstream *u, uint64_t ms)
@@ -325,7 +312,7 @@ static void link_down(struct upstream *u, const char *fmt, ...)
     bool repeat = u->have_error && !was_ready && strcmp(u->last_error, reason) == 0;
     memcpy(u->last_error, reason, sizeof(reason));
     u->have_error = true;
-    uint64_t lived = was_ready ? mono_ms() - u->ready_at_ms : 0;
+    uint64_t lived = was_ready ? clock_mono_ms() - u->ready_at_ms : 0;
     if (was_ready) {
         /*
          * A link that carried a message counts as proof only if it also lived
@@ -520,7 +507,7 @@ static void ws_frame_start_cb(wslay_event_context_ptr ctx,
     (void)ctx;
 
     /* Any frame, control or data, shows the peer is alive. */
-    u->last_rx_ms = mono_ms();
+    u->last_rx_ms = clock_mono_ms();
     if (wslay_is_ctrl_frame(arg->opcode)) {
         /* Control frames may come between fragments; wslay handles them. */
         rx->frame_is_data = false;
@@ -545,7 +532,7 @@ static void ws_frame_chunk_cb(wslay_event_context_ptr ctx,
     const char *p = (const char *)arg->data;
 
     /* A long frame still arriving is a live peer: its pong cannot overtake it. */
-    u->last_rx_ms = mono_ms();
+    u->last_rx_ms = clock_mono_ms();
     size_t n = arg->data_length;
     (void)ctx;
 
@@ -700,7 +687,7 @@ static void keepalive_arm(struct upstream *u)
 
 static void keepalive_tick(struct upstream *u)
 {
-    uint64_t now = mono_ms();
+    uint64_t now = clock_mono_ms();
 
     if (u->ping_at_ms) {
         if (u->last_rx_ms < u->ping_at_ms) {
@@ -868,7 +855,7 @@ static void on_upgrade_answer(struct upstream *u)
 
     evtimer_del(u->timer);
     set_state(u, UPSTREAM_STATE_READY);
-    u->ready_at_ms = u->last_rx_ms = mono_ms();
+    u->ready_at_ms = u->last_rx_ms = clock_mono_ms();
     u->ping_at_ms = 0;
     u->healthy = false;
     u->pong_late = false;
@@ -1150,7 +1137,7 @@ struct upstream *upstream_new(struct event_base *base, struct evdns_base *dns, u
         u->opts.pong_timeout_ms = u->opts.ping_interval_ms;
     url_authority(&u->url, u->authority, sizeof(u->authority));
     u->state = UPSTREAM_STATE_IDLE;
-    u->state_since = wall_now();
+    u->state_since = clock_wall();
     u->url_text = strdup(url);
     u->timer = evtimer_new(base, timer_cb, u);
     u->defer = event_new(base, -1, 0, defer_cb, u);
@@ -1369,5 +1356,6 @@ bool upstream_healthy(const struct upstream *u)
 bool upstream_pong_overdue(const struct upstream *u)
 {
     return u->state == UPSTREAM_STATE_READY && u->ping_at_ms != 0 &&
-           u->last_rx_ms < u->ping_at_ms && mono_ms() - u->ping_at_ms > u->opts.pong_timeout_ms / 2;
+           u->last_rx_ms < u->ping_at_ms &&
+           clock_mono_ms() - u->ping_at_ms > u->opts.pong_timeout_ms / 2;
 }
