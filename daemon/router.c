@@ -19,6 +19,8 @@
 #include "upstream.h"
 
 #define TABLE_MIN 1024
+/* How long retries wait after an upstream loss, for the node's other links to report theirs. */
+#define RETRY_DELAY_MS 50
 
 static size_t slot_of(const struct router *rt, uint64_t uid)
 {
@@ -489,11 +491,15 @@ void router_on_lost(struct router *rt, struct pool_member *m, const char *reason
              n_failed);
     subs_on_lost(rt->srv, m);
     /*
-     * Resend from the loop, not now: when a node restarts, every link to it
-     * reports EOF in the same pass, and a retry sent at once would land on a
-     * sibling that is already dead but not yet known to be.
+     * Resend a moment later, not now: when a node dies, the EOFs of its other
+     * links may arrive a little after this one, and a retry sent at once
+     * would land on a sibling that is already dead but not yet known to be,
+     * using up the request's only retry.
      */
-    event_active(rt->dispatch, 0, 0);
+    if (!evtimer_pending(rt->dispatch, NULL)) {
+        struct timeval tv = {0, RETRY_DELAY_MS * 1000};
+        evtimer_add(rt->dispatch, &tv);
+    }
 }
 
 struct request *router_internal(struct router *rt, const char *method, const char *params,
