@@ -1200,6 +1200,28 @@ int upstream_set_url(struct upstream *u, const char *url, const char **ret_cause
     return 0;
 }
 
+/*
+ * Send a close frame (1001) and wait up to close_timeout for the peer's;
+ * link_down() ends it either way. Only for a READY link with a websocket.
+ */
+static void close_gracefully(struct upstream *u, const char *reason, const char *what)
+{
+    evtimer_del(u->timer);
+    set_state(u, UPSTREAM_STATE_CLOSING);
+    ulog(LOG_LEVEL_INFO, u, "%s", what);
+    if (wslay_event_queue_close(u->ws, WSLAY_CODE_GOING_AWAY, (const uint8_t *)reason,
+                                strlen(reason)) != 0) {
+        link_down(u, "could not queue a close frame");
+        return;
+    }
+    if (u->opts.close_timeout_ms > 0)
+        arm_timer(u, u->opts.close_timeout_ms);
+    ws_flush(u);
+    /* Not waiting: conn_free still pushes the close frame out once. */
+    if (u->opts.close_timeout_ms == 0)
+        link_down(u, "not waiting for the peer's close");
+}
+
 void upstream_reconnect(struct upstream *u)
 {
     static const char reason[] = "reconnecting";
@@ -1215,20 +1237,8 @@ void upstream_reconnect(struct upstream *u)
         if (u->down_pending || !u->ws)
             break;
         /* A graceful close first; link_down() then reports the loss and retries at once. */
-        evtimer_del(u->timer);
-        set_state(u, UPSTREAM_STATE_CLOSING);
         u->moving = true;
-        ulog(LOG_LEVEL_INFO, u, "closing to reconnect");
-        if (wslay_event_queue_close(u->ws, WSLAY_CODE_GOING_AWAY, (const uint8_t *)reason,
-                                    sizeof(reason) - 1) != 0) {
-            link_down(u, "could not queue a close frame");
-            return;
-        }
-        if (u->opts.close_timeout_ms > 0)
-            arm_timer(u, u->opts.close_timeout_ms);
-        ws_flush(u);
-        if (u->opts.close_timeout_ms == 0)
-            link_down(u, "not waiting for the peer's close");
+        close_gracefully(u, reason, "closing to reconnect");
         return;
     case UPSTREAM_STATE_CONNECTING:
     case UPSTREAM_STATE_HANDSHAKE:
@@ -1255,21 +1265,7 @@ void upstream_close(struct upstream *u)
         return;
     u->close_requested = true;
     if (u->state == UPSTREAM_STATE_READY && !u->down_pending && u->ws) {
-        static const char reason[] = "going away";
-        evtimer_del(u->timer);
-        set_state(u, UPSTREAM_STATE_CLOSING);
-        ulog(LOG_LEVEL_INFO, u, "closing");
-        if (wslay_event_queue_close(u->ws, WSLAY_CODE_GOING_AWAY, (const uint8_t *)reason,
-                                    sizeof(reason) - 1) != 0) {
-            link_down(u, "could not queue a close frame");
-            return;
-        }
-        if (u->opts.close_timeout_ms > 0)
-            arm_timer(u, u->opts.close_timeout_ms);
-        ws_flush(u);
-        /* Not waiting: conn_free still pushes the close frame out once. */
-        if (u->opts.close_timeout_ms == 0)
-            link_down(u, "not waiting for the peer's close");
+        close_gracefully(u, "going away", "closing");
         return;
     }
     /* Not connected (or a teardown is already under way): done at once. */
