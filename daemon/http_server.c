@@ -73,7 +73,7 @@ void http_session_respond(struct session *s, int status, const char *content_typ
         /* Stop reading; the session closes once the response is flushed. */
         s->http_done = true;
         s->read_eof = true;
-        bufferevent_disable(s->bev, EV_READ);
+        session_read_stop(s);
     } else {
         session_resume(s);
     }
@@ -167,7 +167,7 @@ static int check_browser(struct session *s, const struct http_head *h, const cha
 /* Peek at the head at the start of the input: 1 parsed, 0 incomplete, -1 refused (answered). */
 static int parse_head(struct session *s, struct http_head *h)
 {
-    struct evbuffer *in = bufferevent_get_input(s->bev);
+    struct evbuffer *in = s->in;
     size_t len = evbuffer_get_length(in);
     size_t want = len < HTTP_MAX_HEAD + 1 ? len : HTTP_MAX_HEAD + 1;
     const char *p = (const char *)evbuffer_pullup(in, (ev_ssize_t)want);
@@ -215,15 +215,15 @@ void http_session_detect(struct session *s)
         log_info("session %llu: refused a websocket upgrade: %s", (unsigned long long)s->id, why);
         session_set_proto(s, SESSION_PROTO_HTTP); /* the refusal is an HTTP response */
         respond_text(s, status, why, true);
-        evbuffer_drain(bufferevent_get_input(s->bev), h.head_len);
+        evbuffer_drain(s->in, h.head_len);
         return;
     }
     session_set_proto(s, SESSION_PROTO_WS);
     if (ws_session_upgrade(s, &h) < 0) {
         s->read_eof = true;
-        bufferevent_disable(s->bev, EV_READ);
+        session_read_stop(s);
     }
-    evbuffer_drain(bufferevent_get_input(s->bev), h.head_len);
+    evbuffer_drain(s->in, h.head_len);
 }
 
 /* Content-Length as a plain decimal; -1 when absent, -2 when malformed. */
@@ -275,7 +275,7 @@ static void serve_metrics(struct session *s)
 /* Serve one request whose head is complete; false when it must wait for more bytes. */
 static bool serve_one(struct session *s, const struct http_head *h)
 {
-    struct evbuffer *in = bufferevent_get_input(s->bev);
+    struct evbuffer *in = s->in;
     const struct http_str *conn = http_header(h, "Connection");
     long long cl = content_length(h);
     struct http_str path = h->target;
@@ -363,14 +363,13 @@ void http_session_input(struct session *s)
 {
     while (!s->closing && !s->http_busy && !s->http_done) {
         struct http_head h;
-        if (evbuffer_get_length(bufferevent_get_input(s->bev)) == 0)
+        if (evbuffer_get_length(s->in) == 0)
             break;
         if (parse_head(s, &h) <= 0 || !serve_one(s, &h))
             break;
     }
-    if (s->read_eof && !s->http_busy && evbuffer_get_length(bufferevent_get_input(s->bev))) {
+    if (s->read_eof && !s->http_busy && evbuffer_get_length(s->in)) {
         /* The client stopped sending in the middle of a request: it will never complete. */
-        evbuffer_drain(bufferevent_get_input(s->bev),
-                       evbuffer_get_length(bufferevent_get_input(s->bev)));
+        evbuffer_drain(s->in, evbuffer_get_length(s->in));
     }
 }

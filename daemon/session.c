@@ -20,6 +20,7 @@
 #include "methods.h"
 #include "metrics.h"
 #include "session.h"
+#include "sockio.h"
 #include "subs.h"
 
 uint64_t session_id(const struct session *s)
@@ -74,7 +75,7 @@ static bool session_output_ok(struct session *s, size_t extra)
          * session is on (a subscription's subscribers, an upstream's requests).
          */
         s->dropping = true;
-        bufferevent_disable(s->bev, EV_READ);
+        session_read_stop(s);
         TAILQ_INSERT_TAIL(&s->srv->doomed, s, doom_link);
         event_active(s->srv->reaper, 0, 0);
         return false;
@@ -110,32 +111,27 @@ static void batch_settle(struct batch *b)
 }
 
 /*
- * One NDJSON reply. When nothing is queued before it, it is written at once:
- * going through the output buffer would cost two epoll_ctl calls and a
- * loop pass per reply. Whatever the socket does not take is queued.
+ * Bytes of one reply. When nothing is queued before them, they are written
+ * at once: going through the output buffer would cost two epoll_ctl calls
+ * and a loop pass per reply. Whatever the socket does not take is queued.
  */
-static void ndjson_emit(struct session *s, const struct iovec *parts, int n)
+void session_send(struct session *s, const struct iovec *iov, int n)
 {
     struct evbuffer *out = bufferevent_get_output(s->bev);
-    struct iovec iov[8];
     size_t skip = 0;
 
-    if (n >= 8 || evbuffer_get_length(out) > 0) {
+    if (evbuffer_get_length(out) > 0) {
         for (int i = 0; i < n; i++)
-            evbuffer_add(out, parts[i].iov_base, parts[i].iov_len);
-        evbuffer_add(out, "\n", 1);
+            evbuffer_add(out, iov[i].iov_base, iov[i].iov_len);
         return;
     }
-    memcpy(iov, parts, (size_t)n * sizeof(*iov));
-    iov[n].iov_base = "\n";
-    iov[n].iov_len = 1;
-    ssize_t w = writev(bufferevent_getfd(s->bev), iov, n + 1);
+    ssize_t w = writev(bufferevent_getfd(s->bev), iov, n);
     if (w > 0) {
         skip = (size_t)w;
         s->srv->stats.bytes_out += skip;
     }
     /* Queue what the socket did not take (all of it after EAGAIN or an error). */
-    for (int i = 0; i <= n; i++) {
+    for (int i = 0; i < n; i++) {
         if (skip >= iov[i].iov_len) {
             skip -= iov[i].iov_len;
             continue;
@@ -150,6 +146,24 @@ static void ndjson_emit(struct session *s, const struct iovec *parts, int n)
     if (evbuffer_get_length(out) == 0 && (s->read_eof || s->srv->stopping))
         bufferevent_trigger(s->bev, EV_WRITE,
                             BEV_TRIG_IGNORE_WATERMARKS | BEV_TRIG_DEFER_CALLBACKS);
+}
+
+/* One NDJSON reply: its parts and a newline. */
+static void ndjson_emit(struct session *s, const struct iovec *parts, int n)
+{
+    struct iovec iov[SESSION_IOV_MAX];
+
+    if (n >= SESSION_IOV_MAX) {
+        struct evbuffer *out = bufferevent_get_output(s->bev);
+        for (int i = 0; i < n; i++)
+            evbuffer_add(out, parts[i].iov_base, parts[i].iov_len);
+        evbuffer_add(out, "\n", 1);
+        return;
+    }
+    memcpy(iov, parts, (size_t)n * sizeof(*iov));
+    iov[n].iov_base = "\n";
+    iov[n].iov_len = 1;
+    session_send(s, iov, n + 1);
 }
 
 void session_emit(struct session *s, const struct iovec *parts, int n)
@@ -236,8 +250,14 @@ void session_resume(struct session *s)
 {
     if (s->closing)
         return;
-    bufferevent_enable(s->bev, EV_READ);
-    bufferevent_trigger(s->bev, EV_READ, BEV_TRIG_IGNORE_WATERMARKS | BEV_TRIG_DEFER_CALLBACKS);
+    if (!s->read_eof)
+        event_add(s->rd, NULL);
+    event_active(s->rd, EV_READ, 0);
+}
+
+void session_read_stop(struct session *s)
+{
+    event_del(s->rd);
 }
 
 /* An error subpool produces itself, counted for status and metrics. */
@@ -386,7 +406,7 @@ static void session_too_long(struct session *s, size_t len)
 
 static void ndjson_input(struct session *s)
 {
-    struct evbuffer *in = bufferevent_get_input(s->bev);
+    struct evbuffer *in = s->in;
     size_t max = s->srv->cfg->max_request;
 
     while (!s->closing) {
@@ -397,7 +417,7 @@ static void ndjson_input(struct session *s)
             break;
         if (session_over_budget(s)) {
             s->read_paused = true;
-            bufferevent_disable(s->bev, EV_READ);
+            session_read_stop(s);
             break;
         }
         if (evbuffer_ptr_set(in, &start, s->scanned, EVBUFFER_PTR_SET) < 0)
@@ -465,7 +485,7 @@ void session_set_proto(struct session *s, enum session_proto proto)
 /* The framing follows from the first byte: JSON is NDJSON, a letter starts an HTTP head. */
 static void session_detect(struct session *s)
 {
-    struct evbuffer *in = bufferevent_get_input(s->bev);
+    struct evbuffer *in = s->in;
     unsigned char c;
 
     if (evbuffer_copyout(in, &c, 1) != 1)
@@ -497,10 +517,24 @@ static void session_process(struct session *s)
     session_maybe_done(s);
 }
 
-static void session_read_cb(struct bufferevent *bev, void *arg)
+/* Also run from session_resume, with nothing new on the socket. */
+static void session_readable(evutil_socket_t fd, short what, void *arg)
 {
-    (void)bev;
-    session_process(arg);
+    struct session *s = arg;
+    (void)what;
+
+    if (!s->read_eof) {
+        ssize_t n = sock_read(s->in, fd);
+        if (n == 0) {
+            s->read_eof = true;
+            session_read_stop(s);
+        } else if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+            log_debug("session %llu: socket error: %s", (unsigned long long)s->id, strerror(errno));
+            session_close(s, "socket error");
+            return;
+        }
+    }
+    session_process(s);
 }
 
 static void session_write_cb(struct bufferevent *bev, void *arg)
@@ -514,13 +548,8 @@ static void session_event_cb(struct bufferevent *bev, short what, void *arg)
     struct session *s = arg;
     (void)bev;
 
-    if (what & BEV_EVENT_EOF) {
-        s->read_eof = true;
-        session_process(s);
-        session_maybe_done(s);
-        return;
-    }
-    if (what & BEV_EVENT_ERROR) {
+    /* Only writes go through the bufferevent: this is a write that failed. */
+    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
         log_debug("session %llu: socket error: %s", (unsigned long long)s->id,
                   evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
         session_close(s, "socket error");
@@ -549,8 +578,12 @@ struct session *session_new(struct server *srv, int fd, bool tcp)
     if (!s)
         return NULL;
     s->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
-    if (!s->bev) {
-        free(s);
+    s->in = evbuffer_new();
+    s->rd = event_new(srv->base, fd, EV_READ | EV_PERSIST, session_readable, s);
+    if (!s->bev || !s->in || !s->rd) {
+        if (s->bev) /* the caller closes fd */
+            bufferevent_setfd(s->bev, -1);
+        session_free(s);
         return NULL;
     }
     s->srv = srv;
@@ -559,10 +592,11 @@ struct session *session_new(struct server *srv, int fd, bool tcp)
     TAILQ_INIT(&s->batches);
     TAILQ_INIT(&s->subscribers);
     s->tcp = tcp;
-    evbuffer_add_cb(bufferevent_get_input(s->bev), count_in_cb, srv);
+    evbuffer_add_cb(s->in, count_in_cb, srv);
     evbuffer_add_cb(bufferevent_get_output(s->bev), count_out_cb, srv);
-    bufferevent_setcb(s->bev, session_read_cb, session_write_cb, session_event_cb, s);
-    bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+    bufferevent_setcb(s->bev, NULL, session_write_cb, session_event_cb, s);
+    bufferevent_enable(s->bev, EV_WRITE);
+    event_add(s->rd, NULL);
     TAILQ_INSERT_TAIL(&srv->sessions, s, link);
     srv->n_sessions++;
     srv->stats.clients_by_proto[SESSION_PROTO_DETECT]++;
@@ -617,6 +651,7 @@ void session_close(struct session *s, const char *why)
     subs_session_gone(srv, &s->subscribers);
     while ((b = TAILQ_FIRST(&s->batches)))
         batch_free(b);
+    session_read_stop(s);
     bufferevent_disable(s->bev, EV_READ | EV_WRITE);
     TAILQ_REMOVE(&srv->sessions, s, link);
     srv->n_sessions--;
@@ -630,6 +665,11 @@ void session_free(struct session *s)
     if (!s)
         return;
     ws_session_free(s);
-    bufferevent_free(s->bev);
+    if (s->rd)
+        event_free(s->rd);
+    if (s->in)
+        evbuffer_free(s->in);
+    if (s->bev)
+        bufferevent_free(s->bev);
     free(s);
 }

@@ -33,7 +33,9 @@ struct batch {
 struct session {
     struct server *srv;
     uint64_t id;
-    struct bufferevent *bev;
+    struct bufferevent *bev; /* the socket and its output; reads go through rd */
+    struct evbuffer *in;     /* what the client sent, not yet taken */
+    struct event *rd;        /* the socket is readable (see sockio.h) */
     TAILQ_ENTRY(session) link;
     TAILQ_ENTRY(session) doom_link; /* srv->doomed */
     struct request_list requests;
@@ -68,9 +70,15 @@ struct session {
 void session_handle_text(struct session *s, const char *text, size_t len);
 void session_write(struct session *s, const void *p, size_t n);
 void session_maybe_done(struct session *s);
+/* Most parts session_send takes; callers with more queue them themselves. */
+#define SESSION_IOV_MAX 8
+/* Write at once when nothing is queued before; queue what the socket does not take. */
+void session_send(struct session *s, const struct iovec *iov, int n);
 /* Deliver bytes of one complete reply (not part of a batch) in the session's framing. */
 void session_emit(struct session *s, const struct iovec *parts, int n);
 void session_resume(struct session *s);
+/* Read nothing more from the client until session_resume(). */
+void session_read_stop(struct session *s);
 bool session_over_budget(const struct session *s);
 void session_set_proto(struct session *s, enum session_proto proto);
 

@@ -28,6 +28,7 @@
 #include "http.h"
 #include "json.h"
 #include "log.h"
+#include "sockio.h"
 #include "url.h"
 
 #include <arpa/inet.h>
@@ -107,9 +108,20 @@ struct upstream {
     /* The current connection, if any. */
     struct bufferevent *bev;
     wslay_event_context_ptr ws;
+    /*
+     * Frames wslay produced in this loop pass, handed to the socket in one
+     * write at its end (flush_cb): see ws_flush.
+     */
+    struct evbuffer *stage;
+    struct event *flush;
+    /*
+     * What the node sent, not yet taken. A plain socket is read by rd (see
+     * sockio.h); a TLS bufferevent's input is moved here as it arrives.
+     */
+    struct evbuffer *in;
+    struct event *rd;
     char key[WS_KEY_LEN + 1];
     struct rx rx;
-    bool in_wslay;      /* inside wslay_event_recv/send: nested sends wait for it */
     bool flush_on_free; /* a close frame may still sit in the output: try once more */
     bool tls;           /* bev is an OpenSSL bufferevent */
 
@@ -220,7 +232,7 @@ static void conn_free(struct upstream *u)
          */
         SSL *ssl = bufferevent_openssl_get_ssl(u->bev);
         if (ssl && evbuffer_get_length(bufferevent_get_output(u->bev)) == 0 &&
-            SSL_is_init_finished(ssl))
+            evbuffer_get_length(u->stage) == 0 && SSL_is_init_finished(ssl))
             (void)SSL_shutdown(ssl);
         ERR_clear_error();
     } else if (u->flush_on_free && u->ws && u->bev) {
@@ -232,6 +244,7 @@ static void conn_free(struct upstream *u)
         struct evbuffer *out = bufferevent_get_output(u->bev);
         evutil_socket_t fd = bufferevent_getfd(u->bev);
         (void)wslay_event_send(u->ws);
+        evbuffer_add_buffer(out, u->stage);
         if (fd >= 0 && evbuffer_get_length(out) > 0) {
             /* A socket bufferevent keeps its output frozen to all other drains. */
             evbuffer_unfreeze(out, 1);
@@ -243,13 +256,20 @@ static void conn_free(struct upstream *u)
         wslay_event_context_free(u->ws);
         u->ws = NULL;
     }
+    if (u->rd) { /* before the bufferevent closes the socket */
+        event_free(u->rd);
+        u->rd = NULL;
+    }
     if (u->bev) {
         bufferevent_free(u->bev);
         u->bev = NULL;
     }
+    if (u->stage)
+        evbuffer_drain(u->stage, evbuffer_get_length(u->stage));
+    if (u->in)
+        evbuffer_drain(u->in, evbuffer_get_length(u->in));
     u->tls = false;
     u->flush_on_free = false;
-    u->in_wslay = false;
     u->ping_at_ms = 0;
     rx_reset(u, true);
 }
@@ -260,6 +280,8 @@ static void quiesce(struct upstream *u)
     evtimer_del(u->timer);
     if (u->bev)
         bufferevent_disable(u->bev, EV_READ | EV_WRITE);
+    if (u->rd)
+        event_del(u->rd);
     u->down_pending = true;
     event_active(u->defer, 0, 0);
 }
@@ -434,7 +456,7 @@ static ssize_t ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
     (void)flags;
 
     /* Returning 0 would stall wslay; an empty buffer is "would block". */
-    int n = evbuffer_remove(bufferevent_get_input(u->bev), buf, len);
+    int n = evbuffer_remove(u->in, buf, len);
     if (n <= 0) {
         wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
         return -1;
@@ -442,41 +464,39 @@ static ssize_t ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
     return n;
 }
 
+/* Bytes written by wslay and not yet taken by the kernel. */
+static size_t out_queued(struct upstream *u)
+{
+    return evbuffer_get_length(u->stage) + evbuffer_get_length(bufferevent_get_output(u->bev));
+}
+
 static ssize_t ws_send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size_t len, int flags,
                           void *user_data)
 {
     struct upstream *u = user_data;
-    struct evbuffer *out = bufferevent_get_output(u->bev);
     (void)flags;
 
     /* Bound the output buffer; the write callback resumes below OUT_LOW. */
-    if (evbuffer_get_length(out) >= OUT_HIGH) {
+    if (out_queued(u) >= OUT_HIGH) {
         wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
         return -1;
     }
-    if (evbuffer_add(out, data, len) != 0) {
+    if (evbuffer_add(u->stage, data, len) != 0) {
         wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
         return -1;
     }
     return (ssize_t)len;
 }
 
-static int ws_genmask_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, void *user_data)
+/* len bytes of frame mask from the CSPRNG. Returns 0, or -1 when it fails. */
+static int mask_take(struct upstream *u, uint8_t *buf, size_t len)
 {
-    struct upstream *u = user_data;
-
-    if (len > MASK_POOL) { /* wslay asks for 4 bytes; anything else goes straight through */
-        if (RAND_bytes(buf, (int)len) == 1)
-            return 0;
-        wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
-        return -1;
-    }
+    if (len > MASK_POOL) /* masks are 4 bytes; anything else goes straight through */
+        return RAND_bytes(buf, (int)len) == 1 ? 0 : -1;
     if (u->masks_left < len) {
         /* Each call costs a getpid() and a lock in OpenSSL: refill many masks at once. */
-        if (RAND_bytes(u->masks, MASK_POOL) != 1) {
-            wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
+        if (RAND_bytes(u->masks, MASK_POOL) != 1)
             return -1;
-        }
         u->masks_left = MASK_POOL;
     }
     memcpy(buf, u->masks + MASK_POOL - u->masks_left, len);
@@ -484,6 +504,14 @@ static int ws_genmask_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, 
     memset(u->masks + MASK_POOL - u->masks_left, 0, len);
     u->masks_left -= len;
     return 0;
+}
+
+static int ws_genmask_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, void *user_data)
+{
+    if (mask_take(user_data, buf, len) == 0)
+        return 0;
+    wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
+    return -1;
 }
 
 static void rx_go_oversize(struct upstream *u)
@@ -618,23 +646,51 @@ static void ws_check_end(struct upstream *u)
         link_down(u, "websocket ended");
 }
 
-/* Hands queued frames to the socket, unless its output is already full. */
+/*
+ * Queued frames go out at the end of the loop pass (flush_cb), never from
+ * here: every request routed in one pass then leaves in one write, and a
+ * send made from inside wslay_event_recv does not nest.
+ */
 static void ws_flush(struct upstream *u)
 {
+    if (u->ws && !u->down_pending)
+        event_active(u->flush, 0, 0);
+}
+
+/*
+ * On a plain socket with nothing queued, the frames are written here and
+ * now. Handing them to the bufferevent instead would cost two epoll_ctl
+ * calls and one more loop pass per request. What the socket does not take
+ * (and a write error, which the bufferevent then reports) goes through it.
+ */
+static void stage_out(struct upstream *u)
+{
+    struct evbuffer *out = bufferevent_get_output(u->bev);
+
+    if (evbuffer_get_length(u->stage) == 0)
+        return;
+    if (!u->tls && evbuffer_get_length(out) == 0)
+        (void)evbuffer_write(u->stage, bufferevent_getfd(u->bev));
+    evbuffer_add_buffer(out, u->stage);
+}
+
+static void flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct upstream *u = arg;
+    (void)fd;
+    (void)what;
+
     if (!u->ws || u->down_pending)
         return;
-    /* Nested inside wslay_event_recv (an owner callback): ws_pump flushes after it. */
-    if (u->in_wslay)
-        return;
-    if (evbuffer_get_length(bufferevent_get_output(u->bev)) < OUT_HIGH) {
-        u->in_wslay = true;
+    if (out_queued(u) < OUT_HIGH) {
         int r = wslay_event_send(u->ws);
-        u->in_wslay = false;
         if (r != 0) {
             link_down(u, "websocket send failed (wslay error %d)", r);
             return;
         }
     }
+    /* Always: the output's low-water callback, not the stage, brings the next flush. */
+    stage_out(u);
     ws_check_end(u);
 }
 
@@ -642,9 +698,7 @@ static void ws_pump(struct upstream *u)
 {
     if (!u->ws || u->down_pending)
         return;
-    u->in_wslay = true;
     int r = wslay_event_recv(u->ws);
-    u->in_wslay = false;
     if (u->down_pending)
         return;
     if (r != 0) {
@@ -824,7 +878,7 @@ static int check_upgrade(struct upstream *u, const struct http_head *head)
 
 static void on_upgrade_answer(struct upstream *u)
 {
-    struct evbuffer *in = bufferevent_get_input(u->bev);
+    struct evbuffer *in = u->in;
     size_t have = evbuffer_get_length(in);
     size_t n = have < HTTP_MAX_HEAD ? have : HTTP_MAX_HEAD;
     struct http_head head;
@@ -964,11 +1018,8 @@ static bool tls_link_down(struct upstream *u, struct bufferevent *bev)
 
 /* ---- bufferevent callbacks ---- */
 
-static void bev_read_cb(struct bufferevent *bev, void *arg)
+static void on_input(struct upstream *u)
 {
-    struct upstream *u = arg;
-    (void)bev;
-
     if (u->down_pending)
         return;
     switch (u->state) {
@@ -984,6 +1035,41 @@ static void bev_read_cb(struct bufferevent *bev, void *arg)
         link_down(u, "unexpected data before the handshake");
         break;
     }
+}
+
+/* TLS: the bufferevent reads and decrypts. */
+static void bev_read_cb(struct bufferevent *bev, void *arg)
+{
+    struct upstream *u = arg;
+
+    evbuffer_add_buffer(u->in, bufferevent_get_input(bev));
+    on_input(u);
+}
+
+static const char *phase_prefix(const struct upstream *u)
+{
+    return u->state == UPSTREAM_STATE_CONNECTING  ? "connect: "
+           : u->state == UPSTREAM_STATE_HANDSHAKE ? "handshake: "
+                                                  : "";
+}
+
+/* A plain socket: read here, the bufferevent only writes. */
+static void up_readable(evutil_socket_t fd, short what, void *arg)
+{
+    struct upstream *u = arg;
+    (void)what;
+
+    if (u->down_pending)
+        return;
+    ssize_t n = sock_read(u->in, fd);
+    if (n > 0) {
+        on_input(u);
+        return;
+    }
+    if (n == 0)
+        link_down(u, "%sconnection closed by the peer", phase_prefix(u));
+    else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+        link_down(u, "%s%s", phase_prefix(u)[0] ? phase_prefix(u) : "socket: ", strerror(errno));
 }
 
 static void bev_write_cb(struct bufferevent *bev, void *arg)
@@ -1004,6 +1090,16 @@ static void on_connected(struct upstream *u)
     /* Small JSON-RPC messages: latency matters more than packet count. */
     if (fd >= 0)
         (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (!u->tls) {
+        /* Reads move to rd; the bufferevent keeps the writes and reports their errors. */
+        u->rd = event_new(u->base, fd, EV_READ | EV_PERSIST, up_readable, u);
+        if (!u->rd || event_add(u->rd, NULL) != 0) {
+            link_down(u, "connect: out of memory");
+            return;
+        }
+        bufferevent_disable(u->bev, EV_READ);
+        evbuffer_add_buffer(u->in, bufferevent_get_input(u->bev));
+    }
     if (u->tls) {
         /* Libevent reports the connection once the TLS handshake (and verification) is done. */
         SSL *ssl = bufferevent_openssl_get_ssl(u->bev);
@@ -1026,9 +1122,7 @@ static void bev_event_cb(struct bufferevent *bev, short what, void *arg)
         on_connected(u);
         return;
     }
-    const char *phase = u->state == UPSTREAM_STATE_CONNECTING  ? "connect: "
-                        : u->state == UPSTREAM_STATE_HANDSHAKE ? "handshake: "
-                                                               : "";
+    const char *phase = phase_prefix(u);
     if (what & BEV_EVENT_EOF) {
         link_down(u, "%sconnection closed by the peer", phase);
     } else if (what & BEV_EVENT_ERROR) {
@@ -1141,7 +1235,10 @@ struct upstream *upstream_new(struct event_base *base, struct evdns_base *dns, u
     u->url_text = strdup(url);
     u->timer = evtimer_new(base, timer_cb, u);
     u->defer = event_new(base, -1, 0, defer_cb, u);
-    if (!u->url_text || !u->timer || !u->defer) {
+    u->flush = event_new(base, -1, 0, flush_cb, u);
+    u->stage = evbuffer_new();
+    u->in = evbuffer_new();
+    if (!u->url_text || !u->timer || !u->defer || !u->flush || !u->stage || !u->in) {
         *ret_cause = "out of memory";
         upstream_free(u);
         errno = ENOMEM;
@@ -1157,10 +1254,37 @@ void upstream_start(struct upstream *u)
     attempt(u);
 }
 
+/*
+ * A text frame written straight into the stage, when wslay has nothing of
+ * its own waiting to go out (so frames keep their order) and the output has
+ * room. That spares the three allocations and two copies of wslay's queue
+ * on every request. Returns false when wslay must queue the message.
+ */
+static bool frame_direct(struct upstream *u, const char *msg, size_t len)
+{
+    struct evbuffer_iovec v;
+    uint8_t mask[4];
+
+    if (wslay_event_want_write(u->ws) || wslay_event_get_close_sent(u->ws) ||
+        out_queued(u) + len >= OUT_HIGH || mask_take(u, mask, sizeof(mask)) != 0)
+        return false;
+    if (evbuffer_reserve_space(u->stage, (ev_ssize_t)(WS_HEAD_MAX + len), &v, 1) != 1)
+        return false;
+    size_t head = ws_frame_head(v.iov_base, WSLAY_TEXT_FRAME, len, mask);
+    ws_mask_copy((uint8_t *)v.iov_base + head, (const uint8_t *)msg, len, mask);
+    v.iov_len = head + len;
+    if (evbuffer_commit_space(u->stage, &v, 1) != 0)
+        return false;
+    ws_flush(u);
+    return true;
+}
+
 int upstream_send(struct upstream *u, const char *msg, size_t len)
 {
     if (u->state != UPSTREAM_STATE_READY || u->down_pending || !u->ws)
         return -ENOTCONN;
+    if (frame_direct(u, msg, len))
+        return 0;
     struct wslay_event_msg m = {
         .opcode = WSLAY_TEXT_FRAME, .msg = (const uint8_t *)msg, .msg_length = len};
     int r = wslay_event_queue_msg(u->ws, &m);
@@ -1287,6 +1411,12 @@ struct upstream *upstream_free(struct upstream *u)
         event_free(u->timer);
     if (u->defer)
         event_free(u->defer);
+    if (u->flush)
+        event_free(u->flush);
+    if (u->stage)
+        evbuffer_free(u->stage);
+    if (u->in)
+        evbuffer_free(u->in);
     free(u->url_text);
     free(u->next_url_text);
     free(u);

@@ -16,7 +16,7 @@ static ssize_t ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
                           void *user_data)
 {
     struct session *s = user_data;
-    int n = evbuffer_remove(bufferevent_get_input(s->bev), buf, len);
+    int n = evbuffer_remove(s->in, buf, len);
     (void)flags;
 
     if (n <= 0) {
@@ -64,7 +64,7 @@ static void ws_flush(struct session *s)
     if (wslay_event_send(s->ws) != 0 ||
         (!wslay_event_want_read(s->ws) && !wslay_event_want_write(s->ws))) {
         s->ws_finished = true;
-        bufferevent_disable(s->bev, EV_READ);
+        session_read_stop(s);
     }
 }
 
@@ -109,7 +109,7 @@ void ws_session_input(struct session *s)
         return;
     if (session_over_budget(s)) {
         s->read_paused = true;
-        bufferevent_disable(s->bev, EV_READ);
+        session_read_stop(s);
         return;
     }
     /* Replies produced while wslay is reading are queued and sent by ws_flush below. */
@@ -121,10 +121,10 @@ void ws_session_input(struct session *s)
         /* wslay has queued a close frame with the reason; send it, then hang up. */
         wslay_event_send(s->ws);
         s->ws_finished = true;
-        bufferevent_disable(s->bev, EV_READ);
+        session_read_stop(s);
         return;
     }
-    if (s->read_eof && evbuffer_get_length(bufferevent_get_input(s->bev)) == 0) {
+    if (s->read_eof && evbuffer_get_length(s->in) == 0) {
         /* TCP EOF without a close frame: nothing more will come, nor be read. */
         s->ws_finished = true;
         return;
@@ -142,6 +142,20 @@ void ws_session_emit(struct session *s, const struct iovec *parts, int n)
         return;
     for (int i = 0; i < n; i++)
         len += parts[i].iov_len;
+    /*
+     * With nothing of wslay's waiting to go out, the frame is written
+     * directly, head and parts in one writev: no copy, no allocation.
+     */
+    if (n < SESSION_IOV_MAX && !wslay_event_want_write(s->ws) &&
+        !wslay_event_get_close_sent(s->ws)) {
+        uint8_t head[WS_HEAD_MAX];
+        struct iovec iov[SESSION_IOV_MAX];
+        iov[0].iov_base = head;
+        iov[0].iov_len = ws_frame_head(head, WSLAY_TEXT_FRAME, len, NULL);
+        memcpy(iov + 1, parts, (size_t)n * sizeof(*iov));
+        session_send(s, iov, n + 1);
+        return;
+    }
     buf = malloc(len ? len : 1);
     if (!buf) {
         session_close(s, "out of memory");

@@ -249,3 +249,44 @@ int ws_accept(const char *key, size_t key_len, char out[WS_ACCEPT_LEN + 1])
     EVP_EncodeBlock((unsigned char *)out, md, 20); /* 28 chars and a NUL */
     return 0;
 }
+
+size_t ws_frame_head(uint8_t out[WS_HEAD_MAX], unsigned opcode, uint64_t len, const uint8_t *mask)
+{
+    size_t n = 2;
+
+    out[0] = (uint8_t)(0x80 | (opcode & 0x0f));
+    if (len < 126) {
+        out[1] = (uint8_t)len;
+    } else if (len <= 0xffff) {
+        out[1] = 126;
+        out[2] = (uint8_t)(len >> 8);
+        out[3] = (uint8_t)len;
+        n = 4;
+    } else {
+        out[1] = 127;
+        for (int i = 0; i < 8; i++)
+            out[2 + i] = (uint8_t)(len >> (56 - 8 * i));
+        n = 10;
+    }
+    if (mask) {
+        out[1] |= 0x80;
+        memcpy(out + n, mask, 4);
+        n += 4;
+    }
+    return n;
+}
+
+void ws_mask_copy(uint8_t *dst, const uint8_t *src, size_t n, const uint8_t mask[4])
+{
+    uint32_t m, w;
+    size_t i = 0;
+
+    memcpy(&m, mask, 4);
+    for (; i + 4 <= n; i += 4) {
+        memcpy(&w, src + i, 4);
+        w ^= m;
+        memcpy(dst + i, &w, 4);
+    }
+    for (; i < n; i++)
+        dst[i] = src[i] ^ mask[i & 3];
+}

@@ -6,6 +6,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #define HTTP_MAX_HEADERS 48
 #define HTTP_MAX_HEAD    16384
@@ -59,3 +60,16 @@ int ws_make_key(char out[WS_KEY_LEN + 1]);
 /* Sec-WebSocket-Accept for a key: base64(SHA-1(key + GUID)); out gets a NUL too. Returns 0,
  * -EINVAL for an empty or over-long key, or -EIO if libcrypto fails. */
 int ws_accept(const char *key, size_t key_len, char out[WS_ACCEPT_LEN + 1]);
+
+/* Longest frame head: 2 bytes, an 8-byte length and a 4-byte mask. */
+#define WS_HEAD_MAX 14
+
+/*
+ * Writes the head of one final (FIN) frame with this opcode and payload
+ * length into out, masked with mask when it is not NULL (client to
+ * server). Returns the head's length.
+ */
+size_t ws_frame_head(uint8_t out[WS_HEAD_MAX], unsigned opcode, uint64_t len, const uint8_t *mask);
+
+/* Copies n bytes from src to dst masked with mask, starting at mask byte 0. */
+void ws_mask_copy(uint8_t *dst, const uint8_t *src, size_t n, const uint8_t mask[4]);

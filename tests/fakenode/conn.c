@@ -241,28 +241,6 @@ static const struct wslay_event_callbacks ws_callbacks = {
 
 /* --- sending --- */
 
-static void frame_head(struct evbuffer *out, uint8_t first, size_t len)
-{
-    uint8_t h[10];
-    size_t n = 2;
-
-    h[0] = first;
-    if (len < 126) {
-        h[1] = (uint8_t)len;
-    } else if (len <= 0xffff) {
-        h[1] = 126;
-        h[2] = (uint8_t)(len >> 8);
-        h[3] = (uint8_t)len;
-        n = 4;
-    } else {
-        h[1] = 127;
-        for (int i = 0; i < 8; i++)
-            h[2 + i] = (uint8_t)((uint64_t)len >> (56 - 8 * i));
-        n = 10;
-    }
-    evbuffer_add(out, h, n);
-}
-
 /* One complete text message; takes ownership of buf. */
 static void conn_send_text(struct conn *c, struct evbuffer *buf)
 {
@@ -272,7 +250,8 @@ static void conn_send_text(struct conn *c, struct evbuffer *buf)
     struct evbuffer *out = bufferevent_get_output(c->bev);
     size_t len = evbuffer_get_length(buf);
     if (!wslay_event_want_write(c->ws) && wslay_event_get_write_enabled(c->ws)) {
-        frame_head(out, 0x80 | WSLAY_TEXT_FRAME, len);
+        uint8_t head[WS_HEAD_MAX];
+        evbuffer_add(out, head, ws_frame_head(head, WSLAY_TEXT_FRAME, len, NULL));
         evbuffer_add_buffer(out, buf);
     } else {
         struct wslay_event_msg m = {

@@ -1,10 +1,12 @@
 /*
  * Unit tests for HTTP head parsing (exact fields, incremental input, every
- * rejected shape, both limits) and the WebSocket key/accept computations.
+ * rejected shape, both limits), the WebSocket key/accept computations and
+ * frame heads (read back by wslay).
  */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -14,6 +16,8 @@
 #include <cmocka.h>
 
 #include "http.h"
+
+#include <wslay/wslay.h>
 
 #define LIT(s) s, sizeof(s) - 1
 
@@ -281,6 +285,76 @@ static void test_ws_make_key(void **state)
     assert_int_equal(ws_accept(a, WS_KEY_LEN, acc), 0);
 }
 
+/* Frames read back by wslay's own parser: the head layout, the mask and the payload. */
+struct feed {
+    const uint8_t *p;
+    size_t n, off;
+};
+
+static ssize_t feed_recv(uint8_t *buf, size_t len, int flags, void *user_data)
+{
+    struct feed *f = user_data;
+    size_t n = f->n - f->off < len ? f->n - f->off : len;
+    (void)flags;
+    if (n == 0)
+        return -1;
+    memcpy(buf, f->p + f->off, n);
+    f->off += n;
+    return (ssize_t)n;
+}
+
+static void check_frame(uint64_t len, bool masked)
+{
+    static const uint8_t mask[4] = {0x37, 0xfa, 0x21, 0x3d};
+    struct wslay_frame_callbacks cbs = {.recv_callback = feed_recv};
+    uint8_t *frame = malloc(WS_HEAD_MAX + len), *got = malloc(len + 1), *src = malloc(len + 1);
+    wslay_frame_context_ptr ctx;
+    struct wslay_frame_iocb io;
+    size_t have = 0;
+
+    assert_non_null(frame);
+    for (uint64_t i = 0; i < len; i++)
+        src[i] = (uint8_t)(i * 7 + 3);
+    size_t head = ws_frame_head(frame, WSLAY_TEXT_FRAME, len, masked ? mask : NULL);
+    assert_true(head <= WS_HEAD_MAX);
+    assert_int_equal(head, (len < 126 ? 2 : len < 65536 ? 4 : 10) + (masked ? 4 : 0));
+    if (masked)
+        ws_mask_copy(frame + head, src, len, mask);
+    else
+        memcpy(frame + head, src, len);
+    struct feed f = {frame, head + len, 0};
+    assert_int_equal(wslay_frame_context_init(&ctx, &cbs, &f), 0);
+    do {
+        memset(&io, 0, sizeof(io));
+        ssize_t r = wslay_frame_recv(ctx, &io);
+        assert_true(r >= 0);
+        assert_int_equal(io.fin, 1);
+        assert_int_equal(io.rsv, 0);
+        assert_int_equal(io.opcode, WSLAY_TEXT_FRAME);
+        assert_int_equal(io.mask, masked);
+        assert_int_equal(io.payload_length, len);
+        assert_true(have + io.data_length <= len);
+        memcpy(got + have, io.data, io.data_length);
+        have += io.data_length;
+    } while (have < len);
+    assert_int_equal(f.off, f.n);
+    assert_memory_equal(got, src, len);
+    wslay_frame_context_free(ctx);
+    free(frame);
+    free(got);
+    free(src);
+}
+
+static void test_ws_frame_head(void **state)
+{
+    static const uint64_t lens[] = {0, 1, 3, 4, 5, 125, 126, 127, 65535, 65536, 70001};
+
+    for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
+        check_frame(lens[i], false);
+        check_frame(lens[i], true);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -288,7 +362,7 @@ int main(void)
         cmocka_unit_test(test_bare_lf),     cmocka_unit_test(test_request_rejects),
         cmocka_unit_test(test_response),    cmocka_unit_test(test_max_headers),
         cmocka_unit_test(test_max_head),    cmocka_unit_test(test_ws_accept),
-        cmocka_unit_test(test_ws_make_key),
+        cmocka_unit_test(test_ws_make_key), cmocka_unit_test(test_ws_frame_head),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
