@@ -571,6 +571,21 @@ static void count_out_cb(struct evbuffer *buf, const struct evbuffer_cb_info *in
     srv->stats.bytes_out += info->n_deleted;
 }
 
+/*
+ * Writing is enabled on the bufferevent only once something is queued:
+ * enabling it at once would arm a write event that fires on the new socket
+ * just to find nothing to write, which costs two epoll_ctl calls and a loop
+ * pass per connection, and replies mostly go out directly anyway.
+ */
+static void out_added_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    struct session *s = arg;
+    (void)buf;
+
+    if (info->n_added && !(bufferevent_get_enabled(s->bev) & EV_WRITE) && !s->closing)
+        bufferevent_enable(s->bev, EV_WRITE);
+}
+
 struct session *session_new(struct server *srv, int fd, bool tcp)
 {
     struct session *s = calloc(1, sizeof(*s));
@@ -594,8 +609,8 @@ struct session *session_new(struct server *srv, int fd, bool tcp)
     s->tcp = tcp;
     evbuffer_add_cb(s->in, count_in_cb, srv);
     evbuffer_add_cb(bufferevent_get_output(s->bev), count_out_cb, srv);
+    evbuffer_add_cb(bufferevent_get_output(s->bev), out_added_cb, s);
     bufferevent_setcb(s->bev, NULL, session_write_cb, session_event_cb, s);
-    bufferevent_enable(s->bev, EV_WRITE);
     event_add(s->rd, NULL);
     TAILQ_INSERT_TAIL(&srv->sessions, s, link);
     srv->n_sessions++;
