@@ -10,8 +10,9 @@ JSON (--json). Scenarios:
   S1  latency at one client: direct websocket vs nginx vs subpoold
   S2  throughput at 64 and 512 clients (and CPU per request of each proxy)
   S3  connection churn: connect + one call + close, in one process and as
-      separate short-lived processes; TLS through nginx stands in for a
-      TLS node until the devnode speaks TLS itself
+      separate short-lived processes; also to a devnode that serves wss://,
+      directly (a TLS handshake per client), through nginx (a TLS connection
+      to the node per client) and through subpoold (pooled TLS links)
   S4  fan-out, one call per subnet on a node 20 ms away: sequential direct,
       sequential via subpoold, concurrent via subpoold
   S5  idle clients held by subpoold: daemon memory per client
@@ -37,7 +38,6 @@ import os
 import platform
 import re
 import resource
-import shlex
 import shutil
 import signal
 import socket
@@ -158,7 +158,8 @@ class Stack:
         self.bench_bin = build / "bench" / "subpool-bench"
         self.devnode_bin = build / "tests" / "fakenode" / "subpool-devnode"
         self.subpoold_bin = build / "daemon" / "subpoold"
-        for b in (self.bench_bin, self.devnode_bin, self.subpoold_bin):
+        self.floor_bin = build / "bench" / "subpool-floor"
+        for b in (self.bench_bin, self.devnode_bin, self.subpoold_bin, self.floor_bin):
             if not os.access(b, os.X_OK):
                 raise Failure(f"{b} is not built (ninja -C {build})")
 
@@ -177,6 +178,18 @@ class Stack:
             raise Failure(f"{name}: unexpected first line {line!r}")
         p.port = int(m.group(1))
         p.url = f"ws://127.0.0.1:{p.port}"
+        return p
+
+    def floor(self, name):
+        """subpool-floor: one read and one write per request, no upstream (see its header)."""
+        sock = self.tmp / f"{name}.sock"
+        p = Proc(name, [self.floor_bin, sock], self.logdir, stdout_pipe=True)
+        self.procs.append(p)
+        line = p.popen.stdout.readline().decode(errors="replace")
+        if not line.startswith("listening on "):
+            p.check()
+            raise Failure(f"{name}: unexpected first line {line!r}")
+        p.target = f"unix:{sock}"
         return p
 
     def subpoold(self, name, node, pool_size=2, **keys):
@@ -201,7 +214,7 @@ class Stack:
         wait_for(ready, 20, f"{name} to connect its pool")
         return p
 
-    def nginx(self, name, node, tls_cert=None):
+    def nginx(self, name, node, tls_node=None):
         exe = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK)
                                         else None)
         if not exe:
@@ -209,14 +222,13 @@ class Stack:
         prefix = self.tmp / name
         (prefix / "tmp").mkdir(parents=True)
         port = free_port()
-        tls_port = free_port() if tls_cert else None
+        tls_port = free_port() if tls_node else None
         tls = ""
-        if tls_cert:
-            tls = (f"        listen 127.0.0.1:{tls_port} ssl backlog=4096;\n"
-                   f"        ssl_certificate {tls_cert[0]};\n"
-                   f"        ssl_certificate_key {tls_cert[1]};\n"
-                   f"        ssl_protocols TLSv1.2 TLSv1.3;\n"
-                   f"        ssl_session_cache off;\n        ssl_session_tickets off;")
+        if tls_node:
+            tls = (f"    server {{\n        listen 127.0.0.1:{tls_port} backlog=4096;\n"
+                   f"        location / {{\n"
+                   f"            proxy_pass https://127.0.0.1:{tls_node.port};\n"
+                   f"        }}\n    }}")
         root = os.geteuid() == 0
         if root:
             # Workers drop to nobody: they must be able to reach their temp paths.
@@ -228,7 +240,7 @@ class Stack:
                 .replace("@PREFIX@", str(prefix))
                 .replace("@UPSTREAM@", f"127.0.0.1:{node.port}")
                 .replace("@LISTEN@", f"127.0.0.1:{port}")
-                .replace("@TLS_LISTEN@", tls))
+                .replace("@TLS_SERVER@", tls))
         if not root:
             conf = conf.replace("worker_rlimit_nofile 65536;", "")
         (prefix / "nginx.conf").write_text(conf)
@@ -249,7 +261,7 @@ class Stack:
         p.extra_pids = [int(w) for w in workers]
         p.worker = p.extra_pids[0]
         p.url = f"ws://127.0.0.1:{port}"
-        p.tls_url = f"wss://127.0.0.1:{tls_port}" if tls_cert else None
+        p.tls_url = f"ws://127.0.0.1:{tls_port}" if tls_node else None
         return p
 
 
@@ -357,6 +369,11 @@ def fmt(v, digits=1):
     return f"{v:,}"
 
 
+FLOOR = "floor (no upstream)"
+TLS_DIRECT = "direct, node over TLS"
+TLS_SUB = "subpoold, node over TLS"
+
+
 def ratio(a, b):
     return a / b if a is not None and b else None
 
@@ -383,7 +400,6 @@ def make_cert(tmp):
                         "-keyout", str(key), "-out", str(cert)], capture_output=True, timeout=30)
     if r.returncode != 0:
         return None
-    os.chmod(key, 0o644)  # read by nginx's master; a throwaway key in a private dir
     return cert, key
 
 
@@ -407,16 +423,24 @@ class Bench:
         self.node_idle = s.devnode("devnode-idle")
         self.sub = s.subpoold("subpoold", self.node_sub)
         self.sub_lat = s.subpoold("subpoold-20ms", self.node_lat)
+        self.floor = s.floor("floor")
         self.idle_clients = self.args.idle_clients if not self.smoke else 200
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if self.idle_clients + 200 > hard:
             self.notes.append(f"S5: open file hard limit {hard}; idle clients cut from "
                               f"{self.idle_clients} to {hard - 200}")
             self.idle_clients = hard - 200
+        # S3's node behind TLS, and subpoold pooling its links to it.
         self.cert = make_cert(s.tmp)
-        if not self.cert:
-            self.notes.append("openssl not found: the TLS (wss) churn leg is skipped")
-        self.nginx = s.nginx("nginx", self.node_nginx, self.cert)
+        self.node_tls = self.sub_tls = None
+        if self.cert:
+            self.node_tls = s.devnode("devnode-tls", "--tls-cert", self.cert[0],
+                                      "--tls-key", self.cert[1])
+            self.node_tls.url = f"wss://127.0.0.1:{self.node_tls.port}"
+            self.sub_tls = s.subpoold("subpoold-tls", self.node_tls, tls_ca_file=self.cert[0])
+        else:
+            self.notes.append("openssl not found: the TLS (wss) churn legs are skipped")
+        self.nginx = s.nginx("nginx", self.node_nginx, self.node_tls)
         if not self.nginx:
             self.notes.append("nginx not installed (apt-get install nginx-light): nginx legs "
                               "skipped")
@@ -437,13 +461,6 @@ class Bench:
             self.sub_ws = s.subpoold("subpoold-ws", self.node_subws,
                                      **{self.args.subpoold_ws_key: f"127.0.0.1:{port}"})
             self.sub_ws.url = f"ws://127.0.0.1:{port}"
-        # Hook: a devnode that serves wss:// itself, once it can.
-        self.node_tls = None
-        if self.args.devnode_tls_args and self.cert:
-            extra = shlex.split(self.args.devnode_tls_args.format(cert=self.cert[0],
-                                                                  key=self.cert[1]))
-            self.node_tls = s.devnode("devnode-tls", *extra)
-            self.node_tls.tls_url = f"wss://127.0.0.1:{self.node_tls.port}"
 
     # The three paths to the same kind of node.
     # (name, target, proxy PID or None, its devnode)
@@ -456,6 +473,10 @@ class Bench:
             p.append(("subpoold ws", self.sub_ws.url, self.sub_ws.pid, self.node_subws))
         return p
 
+    # The yardstick: no node behind it, so no S7 count and no node CPU.
+    def floor_path(self):
+        return [(FLOOR, self.floor.target, self.floor.pid, None)]
+
     def repeat(self):
         return 1 if self.smoke else self.args.repeat
 
@@ -464,16 +485,18 @@ class Bench:
         results = {}
         for i in range(self.repeat()):
             for name, target, pid, node in list(paths or self.paths()) + list(extra_paths):
-                during = r.sample_during(node, s7_after) if s7_after is not None else None
+                during = (r.sample_during(node, s7_after)
+                          if s7_after is not None and node else None)
                 rep = r.bench(f"{label} {name} #{i + 1}", target, *opts, daemon_pid=pid,
-                              node_pid=node.pid, during=during)
+                              node_pid=node.pid if node else None, during=during)
                 results.setdefault(name, []).append(rep)
         return results
 
     # S1 -------------------------------------------------------------------
     def s1(self, r):
         d, w = (0.5, 0.2) if self.smoke else (self.args.duration, 1.0)
-        res = self.run_paths(r, "S1", ["--clients", 1, "--duration", d, "--warmup", w])
+        res = self.run_paths(r, "S1", ["--clients", 1, "--duration", d, "--warmup", w],
+                             extra_paths=self.floor_path())
         keys = ["latency_us.p50", "latency_us.p90", "latency_us.p99", "latency_us.p999",
                 "throughput_rps"]
         m = {k: median_report(v, keys) for k, v in res.items()}
@@ -524,19 +547,21 @@ class Bench:
                 "daemon.cpu_us_per_request", "node.cpu_us_per_request", "bench_cpu_s", "during"]
         for k in counts:
             res = self.run_paths(r, f"S2 {k}", ["--clients", k, "--duration", d, "--warmup", w],
-                                 s7_after=w + d / 2)
+                                 s7_after=w + d / 2, extra_paths=self.floor_path())
             m = {n: median_report(v, keys) for n, v in res.items()}
             for name, v in m.items():
                 self.p(f"| {k} | {name} | {fmt(v['throughput_rps'], 0)} | "
                        f"{fmt(v['latency_us.p50'])} | {fmt(v['latency_us.p99'])} | "
                        f"{fmt(v['daemon.cpu_us_per_request'], 2)} | "
                        f"{fmt(v['node.cpu_us_per_request'], 2)} | {fmt(v['bench_cpu_s'], 2)} |")
-                self.s7.append((f"S2, {k} clients", name, v["during"]))
+                if name != FLOOR:
+                    self.s7.append((f"S2, {k} clients", name, v["during"]))
             vs_direct = ratio(m["subpoold"]["throughput_rps"], m["direct"]["throughput_rps"])
             vs_nginx = ratio(m["subpoold"]["throughput_rps"], m.get("nginx", {}).get(
                 "throughput_rps"))
             self.summary[f"S2_{k}"] = {"vs_direct": vs_direct, "vs_nginx": vs_nginx,
-                                       "cpu_us": m["subpoold"]["daemon.cpu_us_per_request"]}
+                                       "cpu_us": m["subpoold"]["daemon.cpu_us_per_request"],
+                                       "floor_cpu_us": m[FLOOR]["daemon.cpu_us_per_request"]}
         self.p()
         for k in counts:
             s = self.summary[f"S2_{k}"]
@@ -554,7 +579,15 @@ class Bench:
             if k == counts[0]:
                 line += (f" (target ≤ {TARGET_CPU_US:.0f})"
                          f"{verdict(cpu is not None and cpu <= TARGET_CPU_US, self.smoke)}")
+            floor = s["floor_cpu_us"]
+            line += (f"; the floor costs {fmt(floor, 2)} µs/request, subpoold "
+                     f"**{fmt(ratio(cpu, floor), 2)}x** that")
             self.p(line)
+        self.p()
+        self.p(f"`{FLOOR}` is subpool-floor (bench/subpool-floor.c): a bare epoll loop that "
+               "answers each request from memory with one read and one write on the client "
+               "socket and has no upstream. Its CPU per request is what the kernel charges any "
+               "local proxy on this machine for the client side alone.")
         self.p()
 
     # S3 -------------------------------------------------------------------
@@ -562,9 +595,11 @@ class Bench:
         n, nproc = (30, 10) if self.smoke else (self.args.churn, self.args.churn_procs)
         paths = self.paths()
         if self.node_tls:
-            paths.append(("direct TLS", self.node_tls.tls_url, None, self.node_tls))
-        if self.nginx and self.nginx.tls_url:
-            paths.append(("nginx TLS", self.nginx.tls_url, self.nginx.worker, self.node_nginx))
+            paths.append((TLS_DIRECT, self.node_tls.url, None, self.node_tls))
+            if self.nginx:
+                paths.append(("nginx, node over TLS", self.nginx.tls_url, self.nginx.worker,
+                              self.node_tls))
+            paths.append((TLS_SUB, self.sub_tls.target, self.sub_tls.pid, self.node_tls))
         self.p(f"## S3 — connection churn (connect + 1 call + close, one after another)")
         self.p()
         self.p("| path | in-process calls/s | p50 ms | p99 ms | separate processes calls/s "
@@ -594,17 +629,16 @@ class Bench:
         self.p(f"- subpoold vs direct plain ws: **{fmt(ratio(sub, mi['direct']['throughput_rps']), 1)}x**"
                f" in-process, **{fmt(ratio(mp['subpoold']['throughput_rps'], mp['direct']['throughput_rps']), 2)}x**"
                " as separate processes")
-        tls = "direct TLS" if "direct TLS" in mi else "nginx TLS" if "nginx TLS" in mi else None
-        if tls:
-            x = ratio(sub, mi[tls]["throughput_rps"])
-            xp = ratio(mp["subpoold"]["throughput_rps"], mp[tls]["throughput_rps"])
-            how = ("the devnode's own TLS" if tls == "direct TLS" else
-                   "TLS terminated by nginx, standing in until the devnode has TLS")
-            self.p(f"- subpoold vs wss ({how}; TLS 1.3, ECDSA P-256, a full handshake every "
-                   f"time): **{fmt(x, 1)}x** in-process (target ≥ {TARGET_CHURN_VS_TLS:.0f}x)"
+        if TLS_DIRECT in mi:
+            x = ratio(mi[TLS_SUB]["throughput_rps"], mi[TLS_DIRECT]["throughput_rps"])
+            xp = ratio(mp[TLS_SUB]["throughput_rps"], mp[TLS_DIRECT]["throughput_rps"])
+            self.p(f"- node over TLS (the devnode's own wss://; TLS 1.3, ECDSA P-256): subpoold "
+                   f"vs direct, where every client pays a full handshake: **{fmt(x, 1)}x** "
+                   f"in-process (target ≥ {TARGET_CHURN_VS_TLS:.0f}x)"
                    f"{verdict(x is not None and x >= TARGET_CHURN_VS_TLS, self.smoke)}; "
-                   f"{fmt(xp, 2)}x as separate processes")
+                   f"**{fmt(xp, 2)}x** as separate processes")
             self.summary["S3_vs_tls"] = x
+            self.summary["S3_vs_tls_procs"] = xp
         self.p()
 
     # S4 -------------------------------------------------------------------
@@ -842,11 +876,6 @@ def main():
                          "--help-config lists it; 'none' to skip): a subpoold started with "
                          "-o KEY=127.0.0.1:PORT is benchmarked over ws:// as the path "
                          "'subpoold ws' in S1, S2, S3 and S6")
-    ap.add_argument("--devnode-tls-args", metavar="ARGS",
-                    help="extra subpool-devnode options that make it serve wss:// (when it can), "
-                         "with {cert} and {key} replaced, e.g. '--tls-cert {cert} --tls-key "
-                         "{key}': S3 then measures 'direct TLS' and judges the 10x target "
-                         "against it instead of nginx's TLS")
     ap.add_argument("--nginx-workers", default="1", help="nginx worker_processes (1 or auto)")
     ap.add_argument("--only", help="comma-separated scenarios, e.g. S1,S2")
     ap.add_argument("--json", type=Path, help="write every raw report and the summary here")
