@@ -596,6 +596,20 @@ static void ws_frame_chunk_cb(wslay_event_context_ptr ctx,
     rx->len += n;
 }
 
+/*
+ * JSON lets a node put raw newlines between tokens, and nowhere else (inside
+ * strings they must be escaped). A local NDJSON client ends its line at the
+ * first one, so every message is made one line here; where the bytes are
+ * not valid JSON the router drops the message anyway.
+ */
+static void newlines_to_spaces(char *p, size_t n)
+{
+    char *end = p + n;
+
+    while ((p = memchr(p, '\n', (size_t)(end - p))))
+        *p++ = ' ';
+}
+
 static void ws_frame_end_cb(wslay_event_context_ptr ctx, void *user_data)
 {
     struct upstream *u = user_data;
@@ -619,8 +633,10 @@ static void ws_frame_end_cb(wslay_event_context_ptr ctx, void *user_data)
             u->ops.oversize(u, have_id, msg_id, rx->total, u->arg);
     } else {
         u->healthy = true;
-        if (rx->buf)
+        if (rx->buf) {
             rx->buf[rx->len] = '\0';
+            newlines_to_spaces(rx->buf, rx->len);
+        }
         if (u->ops.message)
             u->ops.message(u, rx->buf ? rx->buf : "", rx->len, u->arg);
     }

@@ -247,6 +247,19 @@ static void conn_send_text(struct conn *c, struct evbuffer *buf)
     if (c->state != CONN_WS || c->stalled)
         goto out;
 
+    if (c->pretty && evbuffer_get_length(buf) > 0) {
+        /* "\n{\n  ...\n": newlines around the value and inside the first object. */
+        struct evbuffer *p = evbuffer_new();
+        if (p) {
+            evbuffer_add(p, "\n", 1);
+            evbuffer_remove_buffer(buf, p, 1);
+            evbuffer_add(p, "\n  ", 3);
+            evbuffer_add_buffer(p, buf);
+            evbuffer_add(p, "\n", 1);
+            evbuffer_free(buf);
+            buf = p;
+        }
+    }
     struct evbuffer *out = bufferevent_get_output(c->bev);
     size_t len = evbuffer_get_length(buf);
     if (!wslay_event_want_write(c->ws) && wslay_event_get_write_enabled(c->ws)) {
@@ -555,6 +568,7 @@ static void conn_apply_fault(struct conn *c, enum fault_kind kind)
         c->reorder = false;
         c->notify_first = false;
         c->one_reply = false;
+        c->pretty = false;
         conn_flush_held(c);
         break;
     case FAULT_CLOSE:
@@ -590,6 +604,9 @@ static void conn_apply_fault(struct conn *c, enum fault_kind kind)
         break;
     case FAULT_ONE_REPLY:
         c->one_reply = true;
+        break;
+    case FAULT_PRETTY:
+        c->pretty = true;
         break;
     case FAULT_REFUSE429:
     case FAULT_FREEZE:

@@ -59,8 +59,8 @@ static const char usage[] =
     "Test control methods: devnode_stats, devnode_sleep [ms], devnode_echo [any],\n"
     "devnode_blob [bytes], devnode_newBlock (or dev_newBlock),\n"
     "devnode_fault [kind, \"conn\"|\"all\"] with kind one of none, close, stall,\n"
-    "garbage, garbage_binary, oversize, reorder, notify_first, one_reply, refuse429,\n"
-    "freeze, hangup.\n"
+    "garbage, garbage_binary, oversize, reorder, notify_first, one_reply, pretty,\n"
+    "refuse429, freeze, hangup.\n"
     "Connections opened on the path /control are exempt from faults of scope \"all\".\n";
 
 static const char *const fault_names[] = {
@@ -76,6 +76,7 @@ static const char *const fault_names[] = {
     [FAULT_HANGUP] = "hangup",
     [FAULT_NOTIFY_FIRST] = "notify_first",
     [FAULT_ONE_REPLY] = "one_reply",
+    [FAULT_PRETTY] = "pretty",
 };
 
 int fault_parse(const char *s, size_t len, enum fault_kind *ret)

@@ -33,6 +33,7 @@ enum fault_kind {
     FAULT_HANGUP,         /* new handshakes: the connection is closed, unanswered (scope "all") */
     FAULT_NOTIFY_FIRST,   /* a subscription's first notification goes out before its reply */
     FAULT_ONE_REPLY,      /* each connection closes after its next reply (a rate limiter) */
+    FAULT_PRETTY,         /* every message carries raw newlines as JSON whitespace */
 };
 
 int fault_parse(const char *s, size_t len, enum fault_kind *ret);
@@ -149,6 +150,7 @@ struct conn {
     bool tls_up;       /* TLS connections: the TLS handshake completed */
     bool notify_first; /* FAULT_NOTIFY_FIRST */
     bool one_reply;    /* FAULT_ONE_REPLY */
+    bool pretty;       /* FAULT_PRETTY */
     struct pending *pending;
     struct evbuffer *held; /* FAULT_REORDER: the first of a pair */
     uint64_t held_token;

@@ -1,8 +1,10 @@
 """Node misbehaviour injected with devnode_fault: the daemon routes, retries or fails
 requests as documented, and the pool recovers."""
 
+import json
 import time
 
+import harness
 from harness import ERR_LIMIT, ERR_TIMEOUT, ERR_UNKNOWN_WRITE, check_reply_error, check_reply_ok
 
 FAST = {"reconnect_min": "50ms", "reconnect_max": "200ms"}
@@ -126,3 +128,30 @@ def test_slow_reply_times_out_and_the_late_reply_is_dropped(devnode, daemon):
         expect_echoes(c, send_echoes(c, 5, "t"))
     status = d.status()
     assert status["in_flight"] == 0 and status["ready"] == 1
+
+
+def test_newlines_in_node_messages_never_split_an_ndjson_line(devnode, daemon):
+    # JSON allows raw newlines between tokens. Replies, batch replies and notifications
+    # from a node that sends them must still reach an NDJSON client as one line each.
+    node = devnode(block_ms=0)
+    d = daemon(node, pool_size=1)
+    node.fault("pretty")
+    with d.client() as c:
+        expect_echoes(c, send_echoes(c, 20, "n"))
+        c.send_batch([harness.request_line("devnode_echo", ["b1"], b"71"),
+                      harness.request_line("devnode_echo", ["b2"], b"72")])
+        batch = c.recv()
+        assert sorted((r.id_raw, r.result) for r in batch) == [(b"71", "b1"), (b"72", "b2")]
+        heads = [node.call("chain_getHeader")]
+        rid = c.request("chain_subscribeNewHeads", [])
+        reply = json.loads(c.recv_line())
+        assert reply["id"] == int(rid) and isinstance(reply["result"], str), reply
+        node.call("devnode_newBlock")
+        heads.append(node.call("chain_getHeader"))
+        for head in heads:  # the current head first, then the new one
+            note = json.loads(c.recv_line())
+            assert note["method"] == "chain_newHead", note
+            assert note["params"]["subscription"] == reply["result"]
+            assert note["params"]["result"] == head
+        c.expect_silence(0.3)
+    node.fault("none")
