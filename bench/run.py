@@ -600,6 +600,7 @@ class Bench:
                 paths.append(("nginx, node over TLS", self.nginx.tls_url, self.nginx.worker,
                               self.node_tls))
             paths.append((TLS_SUB, self.sub_tls.target, self.sub_tls.pid, self.node_tls))
+        paths += self.floor_path()
         self.p(f"## S3 — connection churn (connect + 1 call + close, one after another)")
         self.p()
         self.p("| path | in-process calls/s | p50 ms | p99 ms | separate processes calls/s "
@@ -610,12 +611,13 @@ class Bench:
         for i in range(self.repeat()):
             for name, target, pid, node in paths:
                 extra = ["--cafile", self.cert[0]] if target.startswith("wss:") else []
+                node_pid = node.pid if node else None
                 res_in.setdefault(name, []).append(r.bench(
                     f"S3 churn {name} #{i + 1}", target, "--mode", "churn", "--clients", 1,
-                    "--requests", n, *extra, daemon_pid=pid, node_pid=node.pid))
+                    "--requests", n, *extra, daemon_pid=pid, node_pid=node_pid))
                 res_proc.setdefault(name, []).append(r.bench(
                     f"S3 spawn {name} #{i + 1}", target, "--mode", "spawn", "--clients", 1,
-                    "--requests", nproc, *extra, daemon_pid=pid, node_pid=node.pid))
+                    "--requests", nproc, *extra, daemon_pid=pid, node_pid=node_pid))
         mi = {k: median_report(v, keys) for k, v in res_in.items()}
         mp = {k: median_report(v, keys) for k, v in res_proc.items()}
         for name in mi:
@@ -639,6 +641,11 @@ class Bench:
                    f"**{fmt(xp, 2)}x** as separate processes")
             self.summary["S3_vs_tls"] = x
             self.summary["S3_vs_tls_procs"] = xp
+            plain = ratio(mi["subpoold"]["throughput_rps"], mi[TLS_DIRECT]["throughput_rps"])
+            self.p(f"- subpoold with a plain ws:// link to its node, against the same direct "
+                   f"wss:// clients: **{fmt(plain, 1)}x** in-process")
+        self.p(f"- `{FLOOR}` bounds every local proxy: in a separate process it shows what "
+               "starting the process and connecting cost before any call is made")
         self.p()
 
     # S4 -------------------------------------------------------------------
