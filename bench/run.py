@@ -896,6 +896,12 @@ def main():
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
+    # SIGTERM (or SIGHUP) ends the run through the finally below: every child is stopped.
+    def terminated(signum, frame):
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, terminated)
+    signal.signal(signal.SIGHUP, terminated)
+
     build = args.build_dir.resolve()
     env = environment(build)
     t0 = time.monotonic()

@@ -2,7 +2,9 @@
  * One websocket link to a chain node, kept alive for as long as the owner
  * wants it. A connection attempt resolves the name with evdns, opens TCP
  * (wrapped in TLS by an OpenSSL bufferevent for wss://, with the certificate
- * chain and the host name or IP address verified), sends the HTTP/1.1
+ * chain and the host name or IP address verified; once the handshake is
+ * done, records go through memory BIOs and this file's own socket reads
+ * and writes), sends the HTTP/1.1
  * upgrade and checks the 101 answer; from then on wslay
  * frames the traffic while this file assembles incoming messages itself (so
  * that one oversized reply is dropped and reported instead of killing the
@@ -33,6 +35,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdarg.h>
@@ -41,6 +44,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -120,6 +124,16 @@ struct upstream {
      */
     struct evbuffer *in;
     struct event *rd;
+    /*
+     * TLS after the handshake: OpenSSL works on memory BIOs and the records
+     * are read by rd and written here, raw_out holding what the socket has
+     * not taken yet, wr armed only while it holds something. A TLS
+     * bufferevent would spend three more reads, two epoll_ctl calls and a
+     * loop pass on every request.
+     */
+    struct evbuffer *raw_out;
+    struct event *wr;
+    bool tls_own;
     char key[WS_KEY_LEN + 1];
     struct rx rx;
     bool flush_on_free; /* a close frame may still sit in the output: try once more */
@@ -155,6 +169,8 @@ struct upstream {
 };
 
 static void attempt(struct upstream *u);
+static int tls_encrypt(struct upstream *u);
+static void tls_take_records(struct upstream *u, SSL *ssl);
 
 static void up_log(enum log_level level, const struct upstream *u, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -224,7 +240,16 @@ static void rx_reset(struct upstream *u, bool release)
 /* Frees the socket and the wslay context. Never call it from their callbacks. */
 static void conn_free(struct upstream *u)
 {
-    if (u->flush_on_free && u->tls && u->bev) {
+    if (u->flush_on_free && u->tls_own) {
+        /* Whatever wslay holds, then close_notify, in one last non-blocking write. */
+        SSL *ssl = bufferevent_openssl_get_ssl(u->bev);
+        if (u->ws)
+            (void)wslay_event_send(u->ws);
+        if (tls_encrypt(u) == 0 && SSL_shutdown(ssl) >= 0)
+            tls_take_records(u, ssl);
+        (void)evbuffer_write(u->raw_out, event_get_fd(u->rd));
+        ERR_clear_error();
+    } else if (u->flush_on_free && u->tls && u->bev) {
         /*
          * Raw bytes cannot bypass TLS. When everything written has left,
          * one non-blocking close_notify spares the peer an "unexpected
@@ -256,6 +281,20 @@ static void conn_free(struct upstream *u)
         wslay_event_context_free(u->ws);
         u->ws = NULL;
     }
+    evutil_socket_t own_fd = -1;
+    if (u->tls_own) {
+        /*
+         * With memory BIOs libevent cannot find the socket to close: it
+         * would ask the BIO for one. Detach them; the socket is closed here.
+         */
+        own_fd = event_get_fd(u->rd);
+        SSL_set_bio(bufferevent_openssl_get_ssl(u->bev), NULL, NULL);
+        u->tls_own = false;
+    }
+    if (u->wr) {
+        event_free(u->wr);
+        u->wr = NULL;
+    }
     if (u->rd) { /* before the bufferevent closes the socket */
         event_free(u->rd);
         u->rd = NULL;
@@ -264,10 +303,14 @@ static void conn_free(struct upstream *u)
         bufferevent_free(u->bev);
         u->bev = NULL;
     }
+    if (own_fd >= 0)
+        evutil_closesocket(own_fd);
     if (u->stage)
         evbuffer_drain(u->stage, evbuffer_get_length(u->stage));
     if (u->in)
         evbuffer_drain(u->in, evbuffer_get_length(u->in));
+    if (u->raw_out)
+        evbuffer_drain(u->raw_out, evbuffer_get_length(u->raw_out));
     u->tls = false;
     u->flush_on_free = false;
     u->ping_at_ms = 0;
@@ -282,6 +325,8 @@ static void quiesce(struct upstream *u)
         bufferevent_disable(u->bev, EV_READ | EV_WRITE);
     if (u->rd)
         event_del(u->rd);
+    if (u->wr)
+        event_del(u->wr);
     u->down_pending = true;
     event_active(u->defer, 0, 0);
 }
@@ -467,7 +512,8 @@ static ssize_t ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
 /* Bytes written by wslay and not yet taken by the kernel. */
 static size_t out_queued(struct upstream *u)
 {
-    return evbuffer_get_length(u->stage) + evbuffer_get_length(bufferevent_get_output(u->bev));
+    return evbuffer_get_length(u->stage) + evbuffer_get_length(u->raw_out) +
+           evbuffer_get_length(bufferevent_get_output(u->bev));
 }
 
 static ssize_t ws_send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size_t len, int flags,
@@ -673,6 +719,127 @@ static void ws_flush(struct upstream *u)
         event_active(u->flush, 0, 0);
 }
 
+/* ---- TLS records on memory BIOs (after the handshake) ---- */
+
+/* OpenSSL's failure as a reason for link_down. */
+static void tls_failed(struct upstream *u, const char *what)
+{
+    unsigned long e = ERR_get_error();
+    const char *why = e ? ERR_reason_error_string(e) : NULL;
+
+    ERR_clear_error();
+    if (why)
+        link_down(u, "TLS: %s: %s", what, why);
+    else
+        link_down(u, "TLS: %s failed (error %#lx)", what, e);
+}
+
+/* Records OpenSSL produced, moved from its write BIO to raw_out. */
+static void tls_take_records(struct upstream *u, SSL *ssl)
+{
+    BIO *wb = SSL_get_wbio(ssl);
+    char *p;
+    long n = BIO_get_mem_data(wb, &p);
+
+    if (n > 0) {
+        evbuffer_add(u->raw_out, p, (size_t)n);
+        (void)BIO_reset(wb);
+    }
+}
+
+/* The staged plaintext, encrypted into raw_out. Returns 0, or -1 (see tls_failed). */
+static int tls_encrypt(struct upstream *u)
+{
+    SSL *ssl = bufferevent_openssl_get_ssl(u->bev);
+    struct evbuffer_iovec v;
+
+    ERR_clear_error(); /* SSL_get_error and tls_failed read the queue */
+    while (evbuffer_peek(u->stage, -1, NULL, &v, 1) > 0) {
+        int n = SSL_write(ssl, v.iov_base, v.iov_len > INT_MAX ? INT_MAX : (int)v.iov_len);
+        if (n <= 0)
+            return -1;
+        evbuffer_drain(u->stage, (size_t)n);
+    }
+    tls_take_records(u, ssl);
+    return 0;
+}
+
+/* One write of raw_out. Returns 0, or -1 after link_down. */
+static int raw_send(struct upstream *u, evutil_socket_t fd)
+{
+    if (evbuffer_write(u->raw_out, fd) < 0 && errno != EAGAIN && errno != EWOULDBLOCK &&
+        errno != EINTR) {
+        link_down(u, "socket: %s", strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+/* raw_out to the socket now if it was idle; wr takes the rest. */
+static void raw_write(struct upstream *u)
+{
+    if (evbuffer_get_length(u->raw_out) == 0 || event_pending(u->wr, EV_WRITE, NULL))
+        return;
+    if (raw_send(u, event_get_fd(u->rd)) == 0 && evbuffer_get_length(u->raw_out) > 0)
+        event_add(u->wr, NULL);
+}
+
+static void up_writable(evutil_socket_t fd, short what, void *arg)
+{
+    struct upstream *u = arg;
+    (void)what;
+
+    if (u->down_pending || raw_send(u, fd) != 0 || evbuffer_get_length(u->raw_out) > 0)
+        return;
+    event_del(u->wr);
+    /* Frames held back by OUT_HIGH may go now. */
+    if (out_queued(u) < OUT_LOW)
+        ws_flush(u);
+}
+
+/*
+ * Records that arrived, decrypted into u->in. Returns the plaintext bytes
+ * gained, 0 when the peer closed (TCP or close_notify), -1 after link_down
+ * or with errno set by read().
+ */
+static ssize_t tls_read(struct upstream *u, evutil_socket_t fd, bool *closed)
+{
+    static char buf[SOCK_READ_MAX];
+    SSL *ssl = bufferevent_openssl_get_ssl(u->bev);
+    ssize_t n = read(fd, buf, sizeof(buf)), got = 0;
+
+    *closed = n == 0;
+    if (n < 0)
+        return -1;
+    if (n > 0 && BIO_write(SSL_get_rbio(ssl), buf, (int)n) != (int)n) {
+        link_down(u, "TLS: out of memory");
+        errno = ENOMEM;
+        return -1;
+    }
+    ERR_clear_error();
+    for (;;) {
+        int r = SSL_read(ssl, buf, (int)sizeof(buf));
+        if (r > 0) {
+            evbuffer_add(u->in, buf, (size_t)r);
+            got += r;
+            continue;
+        }
+        int e = SSL_get_error(ssl, r);
+        if (e == SSL_ERROR_ZERO_RETURN) {
+            *closed = true;
+        } else if (e != SSL_ERROR_WANT_READ) {
+            tls_failed(u, "read");
+            errno = EPROTO;
+            return -1;
+        }
+        break;
+    }
+    /* Alerts and key updates the peer asked for. */
+    tls_take_records(u, ssl);
+    raw_write(u);
+    return got;
+}
+
 /*
  * On a plain socket with nothing queued, the frames are written here and
  * now. Handing them to the bufferevent instead would cost two epoll_ctl
@@ -685,6 +852,13 @@ static void stage_out(struct upstream *u)
 
     if (evbuffer_get_length(u->stage) == 0)
         return;
+    if (u->tls_own) {
+        if (tls_encrypt(u) == 0)
+            raw_write(u);
+        else
+            tls_failed(u, "write");
+        return;
+    }
     if (!u->tls && evbuffer_get_length(out) == 0)
         (void)evbuffer_write(u->stage, bufferevent_getfd(u->bev));
     evbuffer_add_buffer(out, u->stage);
@@ -820,8 +994,7 @@ static void send_upgrade(struct upstream *u)
         link_down(u, "handshake: no randomness for the key");
         return;
     }
-    struct evbuffer *out = bufferevent_get_output(u->bev);
-    if (evbuffer_add_printf(out,
+    if (evbuffer_add_printf(u->stage,
                             "GET %s HTTP/1.1\r\n"
                             "Host: %s\r\n"
                             "Upgrade: websocket\r\n"
@@ -835,6 +1008,7 @@ static void send_upgrade(struct upstream *u)
         return;
     }
     set_state(u, UPSTREAM_STATE_HANDSHAKE);
+    stage_out(u);
 }
 
 /* Retry-After in its delta-seconds form; the HTTP-date form is ignored. */
@@ -1077,6 +1251,22 @@ static void up_readable(evutil_socket_t fd, short what, void *arg)
 
     if (u->down_pending)
         return;
+    if (u->tls_own) {
+        bool closed;
+        ssize_t got = tls_read(u, fd, &closed);
+        if (got < 0 &&
+            (u->down_pending || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))) {
+            if (!u->down_pending)
+                link_down(u, "socket: %s", strerror(errno));
+            return;
+        }
+        /* Replies that came before a close still count. */
+        if (got > 0)
+            on_input(u);
+        if (closed)
+            link_down(u, "%sconnection closed by the peer", phase_prefix(u));
+        return;
+    }
     ssize_t n = sock_read(u->in, fd);
     if (n > 0) {
         on_input(u);
@@ -1098,6 +1288,29 @@ static void bev_write_cb(struct bufferevent *bev, void *arg)
         ws_flush(u);
 }
 
+/* The handshake is done: from here on records go through memory BIOs (see raw_out). */
+static int tls_take_over(struct upstream *u, evutil_socket_t fd)
+{
+    SSL *ssl = bufferevent_openssl_get_ssl(u->bev);
+    BIO *rb = BIO_new(BIO_s_mem()), *wb = BIO_new(BIO_s_mem());
+
+    u->rd = event_new(u->base, fd, EV_READ | EV_PERSIST, up_readable, u);
+    u->wr = event_new(u->base, fd, EV_WRITE | EV_PERSIST, up_writable, u);
+    if (!ssl || !rb || !wb || !u->rd || !u->wr || event_add(u->rd, NULL) != 0) {
+        BIO_free(rb);
+        BIO_free(wb);
+        link_down(u, "connect: out of memory");
+        return -1;
+    }
+    bufferevent_disable(u->bev, EV_READ | EV_WRITE);
+    evbuffer_add_buffer(u->in, bufferevent_get_input(u->bev));
+    /* An empty read BIO means "nothing yet", not end of file. */
+    BIO_set_mem_eof_return(rb, -1);
+    SSL_set_bio(ssl, rb, wb);
+    u->tls_own = true;
+    return 0;
+}
+
 static void on_connected(struct upstream *u)
 {
     int one = 1;
@@ -1116,6 +1329,8 @@ static void on_connected(struct upstream *u)
         bufferevent_disable(u->bev, EV_READ);
         evbuffer_add_buffer(u->in, bufferevent_get_input(u->bev));
     }
+    if (u->tls && tls_take_over(u, fd) != 0)
+        return;
     if (u->tls) {
         /* Libevent reports the connection once the TLS handshake (and verification) is done. */
         SSL *ssl = bufferevent_openssl_get_ssl(u->bev);
@@ -1254,7 +1469,8 @@ struct upstream *upstream_new(struct event_base *base, struct evdns_base *dns, u
     u->flush = event_new(base, -1, 0, flush_cb, u);
     u->stage = evbuffer_new();
     u->in = evbuffer_new();
-    if (!u->url_text || !u->timer || !u->defer || !u->flush || !u->stage || !u->in) {
+    u->raw_out = evbuffer_new();
+    if (!u->url_text || !u->timer || !u->defer || !u->flush || !u->stage || !u->in || !u->raw_out) {
         *ret_cause = "out of memory";
         upstream_free(u);
         errno = ENOMEM;
@@ -1433,6 +1649,8 @@ struct upstream *upstream_free(struct upstream *u)
         evbuffer_free(u->stage);
     if (u->in)
         evbuffer_free(u->in);
+    if (u->raw_out)
+        evbuffer_free(u->raw_out);
     free(u->url_text);
     free(u->next_url_text);
     free(u);

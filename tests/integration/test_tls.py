@@ -131,3 +131,21 @@ def test_plain_websocket_to_a_tls_node_fails_cleanly(devnode, daemon, ca):
     d.wait_status(lambda s: s["upstreams"][0]["last_error"] is not None, "a failed attempt")
     assert d.status()["ready"] == 0
     assert node.stats()["handshakes"] == 1
+
+
+def test_requests_larger_than_the_socket_buffers_go_out_whole_and_in_order(devnode, daemon, ca):
+    """Six 2 MiB requests and 300 small ones at once over one TLS link: the records the
+    kernel does not take at once wait for the socket to drain, nothing is lost or mixed."""
+    node = tls_node(devnode, ca.issue("node", LOCAL_SANS))
+    d = daemon(node, pool_size=1, tls_ca_file=ca.cert, **FAST)
+    with d.client() as c:
+        sent = {}
+        for i in range(6):
+            payload = chr(ord("a") + i) * (2 << 20)
+            sent[c.request("devnode_echo", [payload])] = payload
+            for k in range(50):
+                sent[c.request("devnode_echo", [f"s{i}.{k}"])] = f"s{i}.{k}"
+        for raw, payload in sent.items():
+            check_reply_ok(c.recv_id(raw, 60), raw, payload)
+    assert d.status()["upstreams"][0]["reconnects"] == 0
+    assert node.stats()["tls_failures"] == 0
