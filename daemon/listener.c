@@ -246,6 +246,25 @@ static bool is_loopback(const struct sockaddr_storage *ss)
     return false;
 }
 
+/* A non-loopback address needs tcp_allow_remote, and is warned about. Returns 0 or -1 (err). */
+static int remote_allowed(const struct sockaddr_storage *ss, const char *what, const char *name,
+                          bool allow_remote, char *err, size_t errlen)
+{
+    if (is_loopback(ss))
+        return 0;
+    if (!allow_remote) {
+        snprintf(err, errlen,
+                 "%s: %s is not a loopback address; set tcp_allow_remote = true to serve other "
+                 "hosts",
+                 what, name);
+        return -1;
+    }
+    log_warn("listener: serving JSON-RPC on non-loopback %s: anyone who can reach it can use the "
+             "pool",
+             name);
+    return 0;
+}
+
 struct listener *listener_new_tcp(struct server *srv, const char *addr, bool allow_remote,
                                   char *err, size_t errlen)
 {
@@ -268,18 +287,8 @@ struct listener *listener_new_tcp(struct server *srv, const char *addr, bool all
                  addr);
         goto fail;
     }
-    if (!is_loopback(&ss)) {
-        if (!allow_remote) {
-            snprintf(err, errlen,
-                     "tcp_listen: %s is not a loopback address; set "
-                     "tcp_allow_remote = true to serve other hosts",
-                     addr);
-            goto fail;
-        }
-        log_warn("listener: serving JSON-RPC on non-loopback %s: anyone who can reach it can "
-                 "use the pool",
-                 addr);
-    }
+    if (remote_allowed(&ss, "tcp_listen", addr, allow_remote, err, errlen) < 0)
+        goto fail;
     l->evl = evconnlistener_new_bind(
         srv->base, accept_cb, l, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_REUSEABLE,
         1024, (struct sockaddr *)&ss, sslen);
@@ -339,18 +348,8 @@ struct listener *listener_new_fd(struct server *srv, int fd, bool tcp, bool allo
             goto fail;
         }
         /* The same rule as tcp_listen: the unit cannot open the pool to other hosts by itself. */
-        if (!is_loopback(&ss)) {
-            if (!allow_remote) {
-                snprintf(err, errlen,
-                         "socket activation: %s is not a loopback address; set "
-                         "tcp_allow_remote = true to serve other hosts",
-                         name);
-                goto fail;
-            }
-            log_warn("listener: serving JSON-RPC on non-loopback %s: anyone who can reach it "
-                     "can use the pool",
-                     name);
-        }
+        if (remote_allowed(&ss, "socket activation", name, allow_remote, err, errlen) < 0)
+            goto fail;
     } else {
         const struct sockaddr_un *sun = (const struct sockaddr_un *)&ss;
         if (ss.ss_family != AF_UNIX) {
