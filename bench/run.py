@@ -516,6 +516,12 @@ class Bench:
         if "nginx" in m:
             self.p(f"nginx adds {m['nginx']['latency_us.p50'] - m['direct']['latency_us.p50']:.1f}"
                    " µs.")
+        if FLOOR in m:
+            hop = m[FLOOR]["latency_us.p50"]
+            self.p(f"A whole round trip through `{FLOOR}`, a process that answers at once, takes "
+                   f"{hop:.1f} µs at p50: the hop that any local proxy adds before it does any "
+                   "work.")
+            self.summary["S1_floor_p50_us"] = hop
         self.p()
         self.summary["S1_p50_added_us"] = added
         # The same paths under a steady offered load, timed from when each request was due.
