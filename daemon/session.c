@@ -19,6 +19,7 @@
 #include "log.h"
 #include "methods.h"
 #include "metrics.h"
+#include "msgbuf.h"
 #include "session.h"
 #include "sockio.h"
 #include "subs.h"
@@ -36,7 +37,7 @@ struct subscriber_list *session_subscribers(struct session *s)
 void session_write(struct session *s, const void *p, size_t n)
 {
     if (!s->closing)
-        evbuffer_add(bufferevent_get_output(s->bev), p, n);
+        msgbuf_add(bufferevent_get_output(s->bev), p, n);
 }
 
 /* Close once a finished client has been answered and everything is written. */
@@ -122,7 +123,7 @@ void session_send(struct session *s, const struct iovec *iov, int n)
 
     if (evbuffer_get_length(out) > 0) {
         for (int i = 0; i < n; i++)
-            evbuffer_add(out, iov[i].iov_base, iov[i].iov_len);
+            msgbuf_add(out, iov[i].iov_base, iov[i].iov_len);
         return;
     }
     ssize_t w = writev(bufferevent_getfd(s->bev), iov, n);
@@ -136,7 +137,7 @@ void session_send(struct session *s, const struct iovec *iov, int n)
             skip -= iov[i].iov_len;
             continue;
         }
-        evbuffer_add(out, (const char *)iov[i].iov_base + skip, iov[i].iov_len - skip);
+        msgbuf_add(out, (const char *)iov[i].iov_base + skip, iov[i].iov_len - skip);
         skip = 0;
     }
     /*
@@ -156,7 +157,7 @@ static void ndjson_emit(struct session *s, const struct iovec *parts, int n)
     if (n >= SESSION_IOV_MAX) {
         struct evbuffer *out = bufferevent_get_output(s->bev);
         for (int i = 0; i < n; i++)
-            evbuffer_add(out, parts[i].iov_base, parts[i].iov_len);
+            msgbuf_add(out, parts[i].iov_base, parts[i].iov_len);
         evbuffer_add(out, "\n", 1);
         return;
     }
@@ -192,7 +193,7 @@ void session_deliver(struct session *s, struct batch *b, const struct iovec *par
         if (b->n_replies++)
             evbuffer_add(b->out, ",", 1);
         for (int i = 0; i < n; i++)
-            evbuffer_add(b->out, parts[i].iov_base, parts[i].iov_len);
+            msgbuf_add(b->out, parts[i].iov_base, parts[i].iov_len);
         batch_settle(b);
     } else {
         session_emit(s, parts, n);

@@ -30,6 +30,7 @@
 #include "http.h"
 #include "json.h"
 #include "log.h"
+#include "msgbuf.h"
 #include "sockio.h"
 #include "url.h"
 
@@ -74,9 +75,8 @@
 #define FAIL_LOG_EVERY 10u
 
 struct rx {
-    char *buf; /* the message being assembled (NUL-terminated for convenience) */
+    struct msgbuf *mb; /* the message being assembled (NUL-terminated for convenience) */
     size_t len;
-    size_t cap;
     uint64_t total;        /* bytes of the message so far, kept or not */
     bool frame_is_data;    /* the current frame belongs to a data message */
     bool frame_fin;        /* ...and ends it */
@@ -229,11 +229,13 @@ static void rx_reset(struct upstream *u, bool release)
     rx->frame_is_data = false;
     rx->frame_fin = false;
     rx->oversize = false;
-    /* One huge reply must not pin its buffer for the life of the link. */
-    if (release || rx->cap > RX_KEEP) {
-        free(rx->buf);
-        rx->buf = NULL;
-        rx->cap = 0;
+    /*
+     * One huge reply must not pin its buffer for the life of the link, and
+     * a buffer that clients still send from is theirs to free.
+     */
+    if (release || (rx->mb && rx->mb->cap > RX_KEEP) || msgbuf_shared(rx->mb)) {
+        msgbuf_unref(rx->mb);
+        rx->mb = NULL;
     }
 }
 
@@ -568,8 +570,33 @@ static void rx_go_oversize(struct upstream *u)
     json_skim_init(&rx->skim);
     /* The id may well sit in what was already stored. */
     if (rx->len > 0)
-        json_skim_feed(&rx->skim, rx->buf, rx->len);
+        json_skim_feed(&rx->skim, rx->mb->data, rx->len);
     rx->len = 0;
+}
+
+/*
+ * Room for need bytes and the NUL. Growing by doubling (for data whose
+ * length is not known) never overshoots the largest message kept.
+ */
+static int rx_reserve(struct upstream *u, size_t need, bool doubling)
+{
+    struct rx *rx = &u->rx;
+    size_t cap = need + 1;
+
+    if (rx->mb && rx->mb->cap >= cap)
+        return 0;
+    if (doubling) {
+        cap = rx->mb ? rx->mb->cap : 4096;
+        while (cap < need + 1)
+            cap *= 2;
+        if (cap - 1 > u->opts.max_message)
+            cap = (size_t)u->opts.max_message + 1;
+    }
+    struct msgbuf *mb = msgbuf_reserve(rx->mb, cap);
+    if (!mb)
+        return -1;
+    rx->mb = mb;
+    return 0;
 }
 
 static void ws_frame_start_cb(wslay_event_context_ptr ctx,
@@ -595,6 +622,9 @@ static void ws_frame_start_cb(wslay_event_context_ptr ctx,
     }
     rx->frame_is_data = true;
     rx->frame_fin = arg->fin != 0;
+    /* The head says how much is coming: one allocation, not a doubling series. */
+    if (!rx->oversize && arg->payload_length <= u->opts.max_message - rx->len)
+        (void)rx_reserve(u, rx->len + arg->payload_length, false);
 }
 
 static void ws_frame_chunk_cb(wslay_event_context_ptr ctx,
@@ -619,26 +649,14 @@ static void ws_frame_chunk_cb(wslay_event_context_ptr ctx,
         json_skim_feed(&rx->skim, p, n);
         return;
     }
-    if (rx->len + n + 1 > rx->cap) {
-        size_t cap = rx->cap ? rx->cap : 4096;
-        while (cap < rx->len + n + 1)
-            cap *= 2;
-        /* Doubling must not overshoot the largest message we would keep. */
-        if (cap - 1 > u->opts.max_message)
-            cap = (size_t)u->opts.max_message + 1;
-        char *nb = realloc(rx->buf, cap);
-        if (!nb) {
-            /* Dropping this message beats dropping the link. */
-            ulog(LOG_LEVEL_WARN, u, "out of memory for a %zu byte message; dropping it",
-                 rx->len + n);
-            rx_go_oversize(u);
-            json_skim_feed(&rx->skim, p, n);
-            return;
-        }
-        rx->buf = nb;
-        rx->cap = cap;
+    if (rx_reserve(u, rx->len + n, true) != 0) {
+        /* Dropping this message beats dropping the link. */
+        ulog(LOG_LEVEL_WARN, u, "out of memory for a %zu byte message; dropping it", rx->len + n);
+        rx_go_oversize(u);
+        json_skim_feed(&rx->skim, p, n);
+        return;
     }
-    memcpy(rx->buf + rx->len, p, n);
+    memcpy(rx->mb->data + rx->len, p, n);
     rx->len += n;
 }
 
@@ -679,12 +697,15 @@ static void ws_frame_end_cb(wslay_event_context_ptr ctx, void *user_data)
             u->ops.oversize(u, have_id, msg_id, rx->total, u->arg);
     } else {
         u->healthy = true;
-        if (rx->buf) {
-            rx->buf[rx->len] = '\0';
-            newlines_to_spaces(rx->buf, rx->len);
+        if (rx->mb) {
+            rx->mb->data[rx->len] = '\0';
+            newlines_to_spaces(rx->mb->data, rx->len);
         }
+        /* Clients may send large parts of it straight from this buffer. */
+        msgbuf_lend(rx->mb, rx->len);
         if (u->ops.message)
-            u->ops.message(u, rx->buf ? rx->buf : "", rx->len, u->arg);
+            u->ops.message(u, rx->mb ? rx->mb->data : "", rx->len, u->arg);
+        msgbuf_lend_end();
     }
     rx_reset(u, false);
 }

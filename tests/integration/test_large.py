@@ -1,8 +1,10 @@
 """Large replies: passed through intact, or refused per request when over max_message."""
 
+import json
 import string
 
-from harness import ERR_LIMIT, check_reply_error, check_reply_ok
+from harness import ERR_LIMIT, check_reply_error, check_reply_ok, poll
+from localwire import Conn, rpc, tcp_daemon
 
 MiB = 1 << 20
 
@@ -51,3 +53,39 @@ def test_reply_over_max_message_fails_only_that_request(devnode, daemon):
     assert [u["reconnects"] for u in status["upstreams"]] == reconnects
     assert status["ready"] == 2
     assert node.upstream_connections() == 2
+
+
+def test_large_replies_held_by_slow_readers_stay_intact(devnode, daemon):
+    """A large reply is queued for its client straight from the buffer it arrived in. With one
+    link, every next message from the node arrives while clients still hold earlier ones
+    unread: each must still read exactly what the node sent, over NDJSON (single and batch),
+    WebSocket and HTTP."""
+    node = devnode()
+    d = tcp_daemon(daemon, node, pool_size=1)
+    n, size = 12, 150 * 1024
+
+    def payload(tag, i):
+        return f"{tag}{i:03d}:" + chr(ord("a") + i % 26) * size
+
+    with d.client() as nd, Conn(d, "tcp") as ws, Conn(d, "unix") as http:
+        assert ws.ws_upgrade().status == 101
+        ids = [nd.request("devnode_echo", [payload("n", i)]) for i in range(n)]
+        nd.send_batch([rpc("devnode_echo", [payload("b", i)], f"b{i}") for i in range(3)])
+        for i in range(n):
+            ws.ws_text(rpc("devnode_echo", [payload("w", i)], i))
+        for i in range(n // 2):
+            http.http_send("POST", "/", rpc("devnode_echo", [payload("h", i)], i))
+        # Every reply has come from the node and waits, unread, in the daemon.
+        poll(d.status, lambda s: s["responses"] == 2 * n + 3 + n // 2 and s["in_flight"] == 0,
+             30, "every reply received from the node")
+
+        for i, raw_id in enumerate(ids):
+            check_reply_ok(nd.recv_id(raw_id, 30), raw_id, payload("n", i))
+        batch = nd.recv(30)
+        assert [r.result for r in batch] == [payload("b", i) for i in range(3)]
+        for i in range(n):
+            assert ws.ws_json(30) == {"jsonrpc": "2.0", "id": i, "result": payload("w", i)}
+        for i in range(n // 2):
+            r = http.http_response(30)
+            assert r.status == 200, r
+            assert json.loads(r.body) == {"jsonrpc": "2.0", "id": i, "result": payload("h", i)}

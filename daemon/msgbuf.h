@@ -1,0 +1,44 @@
+/*
+ * A message from a node that client outputs may point into instead of
+ * copying it. An upstream assembles each message in a msgbuf; while it is
+ * being delivered (between msgbuf_lend and msgbuf_lend_end), msgbuf_add
+ * queues large parts of it by reference, each holding the msgbuf until the
+ * client has been sent that part. Everything else is copied as usual. A
+ * multi-megabyte reply then crosses the daemon with no copy of its own and
+ * no second buffer of its size.
+ */
+#ifndef SUBPOOL_MSGBUF_H
+#define SUBPOOL_MSGBUF_H
+
+#include <event2/buffer.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+/* Parts smaller than this are copied: a reference costs an allocation too. */
+#define MSGBUF_REF_MIN 16384
+
+struct msgbuf {
+    unsigned refs;
+    size_t cap; /* bytes that data holds */
+    char data[];
+};
+
+/* mb (or a new msgbuf when mb is NULL) with room for cap bytes; NULL when out of
+ * memory, mb untouched. Only for a msgbuf nobody else holds. */
+struct msgbuf *msgbuf_reserve(struct msgbuf *mb, size_t cap);
+
+/* Drops one hold; the last frees it. NULL is ignored. */
+void msgbuf_unref(struct msgbuf *mb);
+
+/* Whether anyone but its owner still holds it. */
+bool msgbuf_shared(const struct msgbuf *mb);
+
+/* The first len bytes of mb are being delivered: msgbuf_add may reference them. */
+void msgbuf_lend(struct msgbuf *mb, size_t len);
+void msgbuf_lend_end(void);
+
+/* Appends n bytes at p to out: by reference when they lie in the lent msgbuf and
+ * are MSGBUF_REF_MIN or more, else as a copy. Returns as evbuffer_add. */
+int msgbuf_add(struct evbuffer *out, const void *p, size_t n);
+
+#endif
