@@ -84,6 +84,19 @@ struct rx {
     struct json_skim skim; /* valid while oversize */
 };
 
+/* Where the frame reader is in the node's byte stream. */
+struct rxf {
+    uint64_t left;       /* payload bytes of the current frame still to come */
+    uint8_t opcode;      /* of the current frame */
+    bool in_frame;       /* its head has been read */
+    bool in_message;     /* a fragmented data message has begun and not ended */
+    bool close_received; /* the node's close frame */
+    uint16_t close_code; /* ...and its status code (1005: none given) */
+    const char *error;   /* why the reader gave up on the stream */
+    size_t ctrl_len;
+    uint8_t ctrl[125]; /* a control frame's payload */
+};
+
 /* Frame masks come from the CSPRNG in batches: one RAND_bytes call per 256 frames. */
 #define MASK_POOL 1024
 
@@ -136,6 +149,7 @@ struct upstream {
     bool tls_own;
     char key[WS_KEY_LEN + 1];
     struct rx rx;
+    struct rxf rxf;
     bool flush_on_free; /* a close frame may still sit in the output: try once more */
     bool tls;           /* bev is an OpenSSL bufferevent */
 
@@ -317,6 +331,7 @@ static void conn_free(struct upstream *u)
     u->flush_on_free = false;
     u->ping_at_ms = 0;
     rx_reset(u, true);
+    memset(&u->rxf, 0, sizeof(u->rxf));
 }
 
 /* Stops all I/O on the connection at once; the rest happens in defer_cb. */
@@ -411,7 +426,7 @@ static void link_down(struct upstream *u, const char *fmt, ...)
     if (u->failures < 64)
         u->failures++;
     /* A peer that answered the close handshake deserves to see ours go out. */
-    u->flush_on_free = was_ready && u->ws && wslay_event_get_close_received(u->ws);
+    u->flush_on_free = was_ready && u->ws && u->rxf.close_received;
     quiesce(u);
     set_state(u, UPSTREAM_STATE_BACKOFF);
     u->backoff_pending = true;
@@ -495,21 +510,6 @@ static void defer_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 /* ---- websocket (wslay) ---- */
-
-static ssize_t ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
-                          void *user_data)
-{
-    struct upstream *u = user_data;
-    (void)flags;
-
-    /* Returning 0 would stall wslay; an empty buffer is "would block". */
-    int n = evbuffer_remove(u->in, buf, len);
-    if (n <= 0) {
-        wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
-        return -1;
-    }
-    return n;
-}
 
 /* Bytes written by wslay and not yet taken by the kernel. */
 static size_t out_queued(struct upstream *u)
@@ -599,46 +599,26 @@ static int rx_reserve(struct upstream *u, size_t need, bool doubling)
     return 0;
 }
 
-static void ws_frame_start_cb(wslay_event_context_ptr ctx,
-                              const struct wslay_event_on_frame_recv_start_arg *arg,
-                              void *user_data)
+/* A data frame begins (its order was checked by the reader). */
+static void data_frame_start(struct upstream *u, uint8_t opcode, bool fin, uint64_t payload_length)
 {
-    struct upstream *u = user_data;
     struct rx *rx = &u->rx;
-    (void)ctx;
 
-    /* Any frame, control or data, shows the peer is alive. */
-    u->last_rx_ms = clock_mono_ms();
-    if (wslay_is_ctrl_frame(arg->opcode)) {
-        /* Control frames may come between fragments; wslay handles them. */
-        rx->frame_is_data = false;
-        return;
-    }
-    if (arg->opcode != WSLAY_CONTINUATION_FRAME) {
-        /* wslay enforces the fragment order, so this starts a new message. */
+    if (opcode != WSLAY_CONTINUATION_FRAME) {
         rx->len = 0;
         rx->total = 0;
         rx->oversize = false;
     }
     rx->frame_is_data = true;
-    rx->frame_fin = arg->fin != 0;
+    rx->frame_fin = fin;
     /* The head says how much is coming: one allocation, not a doubling series. */
-    if (!rx->oversize && arg->payload_length <= u->opts.max_message - rx->len)
-        (void)rx_reserve(u, rx->len + arg->payload_length, false);
+    if (!rx->oversize && payload_length <= u->opts.max_message - rx->len)
+        (void)rx_reserve(u, rx->len + payload_length, false);
 }
 
-static void ws_frame_chunk_cb(wslay_event_context_ptr ctx,
-                              const struct wslay_event_on_frame_recv_chunk_arg *arg,
-                              void *user_data)
+static void data_frame_chunk(struct upstream *u, const char *p, size_t n)
 {
-    struct upstream *u = user_data;
     struct rx *rx = &u->rx;
-    const char *p = (const char *)arg->data;
-
-    /* A long frame still arriving is a live peer: its pong cannot overtake it. */
-    u->last_rx_ms = clock_mono_ms();
-    size_t n = arg->data_length;
-    (void)ctx;
 
     if (!rx->frame_is_data || n == 0)
         return;
@@ -674,11 +654,9 @@ static void newlines_to_spaces(char *p, size_t n)
         *p++ = ' ';
 }
 
-static void ws_frame_end_cb(wslay_event_context_ptr ctx, void *user_data)
+static void data_frame_end(struct upstream *u)
 {
-    struct upstream *u = user_data;
     struct rx *rx = &u->rx;
-    (void)ctx;
 
     if (!rx->frame_is_data || !rx->frame_fin)
         return;
@@ -710,7 +688,7 @@ static void ws_frame_end_cb(wslay_event_context_ptr ctx, void *user_data)
     rx_reset(u, false);
 }
 
-/* Called after every wslay_event_recv/send: has the websocket ended? */
+/* Called after every read and send: has the websocket ended? */
 static void ws_check_end(struct upstream *u)
 {
     if (u->down_pending || !u->ws)
@@ -719,11 +697,10 @@ static void ws_check_end(struct upstream *u)
         return;
     if (u->state == UPSTREAM_STATE_CLOSING)
         link_down(u, "peer answered the close");
-    else if (wslay_event_get_close_received(u->ws))
-        link_down(u, "peer closed the websocket (code %u)",
-                  (unsigned)wslay_event_get_status_code_received(u->ws));
-    else if (wslay_event_get_close_sent(u->ws))
-        link_down(u, "websocket protocol error (sent close %u)",
+    else if (u->rxf.close_received)
+        link_down(u, "peer closed the websocket (code %u)", (unsigned)u->rxf.close_code);
+    else if (u->rxf.error)
+        link_down(u, "websocket protocol error: %s (sent close %u)", u->rxf.error,
                   (unsigned)wslay_event_get_status_code_sent(u->ws));
     else
         link_down(u, "websocket ended");
@@ -905,17 +882,195 @@ static void flush_cb(evutil_socket_t fd, short what, void *arg)
     ws_check_end(u);
 }
 
+/* ---- reading frames ---- */
+
+/*
+ * Frames from the node are read here rather than by wslay_event_recv, which
+ * checks a text frame's UTF-8 one byte at a time: on large replies that was
+ * most of the daemon's CPU. Nothing is lost by it: every message is
+ * validated as JSON, its UTF-8 included, before any of it reaches a client,
+ * and the rest is dropped. wslay still writes our frames and the close.
+ */
+
+/* The node broke the protocol: read no more, and answer with a close. */
+static void ws_reject(struct upstream *u, uint16_t code, const char *why)
+{
+    u->rxf.error = why;
+    wslay_event_shutdown_read(u->ws);
+    (void)wslay_event_queue_close(u->ws, code, NULL, 0);
+}
+
+static bool close_code_valid(unsigned code)
+{
+    return (code >= 1000 && code <= 1011 && code != 1004 && code != 1005 && code != 1006) ||
+           (code >= 3000 && code <= 4999);
+}
+
+static void control_frame_end(struct upstream *u)
+{
+    struct rxf *f = &u->rxf;
+
+    if (f->opcode == WSLAY_PING) {
+        struct wslay_event_msg pong = {
+            .opcode = WSLAY_PONG, .msg = f->ctrl, .msg_length = f->ctrl_len};
+        /* Refused only once a close is on its way: no pong is owed then. */
+        (void)wslay_event_queue_msg(u->ws, &pong);
+    } else if (f->opcode == WSLAY_CONNECTION_CLOSE) {
+        unsigned code = f->ctrl_len >= 2 ? (unsigned)f->ctrl[0] << 8 | f->ctrl[1] : 1005;
+        if (f->ctrl_len == 1 || (f->ctrl_len >= 2 && !close_code_valid(code))) {
+            ws_reject(u, WSLAY_CODE_PROTOCOL_ERROR, "invalid close frame");
+            return;
+        }
+        f->close_received = true;
+        f->close_code = (uint16_t)code;
+        wslay_event_shutdown_read(u->ws);
+        /* Echo its code; after our own close (closing) this is refused, as it should be. */
+        (void)wslay_event_queue_close(u->ws, code == 1005 ? 0 : (uint16_t)code, NULL, 0);
+    }
+    /* A pong needs nothing more: any frame counts as a sign of life. */
+}
+
+/* A frame head of the 2..10 bytes at h. Returns its length, 0 if incomplete, -1 if bad. */
+static int frame_head(struct upstream *u, const uint8_t *h, size_t n)
+{
+    struct rxf *f = &u->rxf;
+    size_t need = 2;
+    uint64_t len;
+
+    if (n < 2)
+        return 0;
+    len = h[1] & 0x7f;
+    if (len == 126)
+        need = 4;
+    else if (len == 127)
+        need = 10;
+    if (n < need)
+        return 0;
+    if (len == 126) {
+        len = (uint64_t)h[2] << 8 | h[3];
+        if (len < 126) {
+            ws_reject(u, WSLAY_CODE_PROTOCOL_ERROR, "length not in its shortest form");
+            return -1;
+        }
+    } else if (len == 127) {
+        len = 0;
+        for (int i = 2; i < 10; i++)
+            len = len << 8 | h[i];
+        if (len <= 0xffff || len >> 63) {
+            ws_reject(u, WSLAY_CODE_PROTOCOL_ERROR, "length not in its shortest form");
+            return -1;
+        }
+    }
+
+    bool fin = (h[0] & 0x80) != 0;
+    uint8_t op = h[0] & 0x0f;
+    if (h[0] & 0x70) {
+        ws_reject(u, WSLAY_CODE_PROTOCOL_ERROR, "reserved bits set");
+        return -1;
+    }
+    if (h[1] & 0x80) {
+        ws_reject(u, WSLAY_CODE_PROTOCOL_ERROR, "a masked frame from the server");
+        return -1;
+    }
+    if (wslay_is_ctrl_frame(op)) {
+        if (op != WSLAY_CONNECTION_CLOSE && op != WSLAY_PING && op != WSLAY_PONG) {
+            ws_reject(u, WSLAY_CODE_PROTOCOL_ERROR, "reserved opcode");
+            return -1;
+        }
+        if (!fin || len > sizeof(f->ctrl)) {
+            ws_reject(u, WSLAY_CODE_PROTOCOL_ERROR, "fragmented or long control frame");
+            return -1;
+        }
+        f->ctrl_len = 0;
+    } else {
+        if (op != WSLAY_CONTINUATION_FRAME && op != WSLAY_TEXT_FRAME && op != WSLAY_BINARY_FRAME) {
+            ws_reject(u, WSLAY_CODE_PROTOCOL_ERROR, "reserved opcode");
+            return -1;
+        }
+        if ((op == WSLAY_CONTINUATION_FRAME) != f->in_message) {
+            ws_reject(u, WSLAY_CODE_PROTOCOL_ERROR, "fragments out of order");
+            return -1;
+        }
+        f->in_message = !fin;
+        data_frame_start(u, op, fin, len);
+    }
+    f->opcode = op;
+    f->left = len;
+    f->in_frame = true;
+    return (int)need;
+}
+
+static void frame_payload(struct upstream *u, const char *p, size_t n)
+{
+    struct rxf *f = &u->rxf;
+
+    if (wslay_is_ctrl_frame(f->opcode)) {
+        memcpy(f->ctrl + f->ctrl_len, p, n);
+        f->ctrl_len += n;
+    } else {
+        data_frame_chunk(u, p, n);
+    }
+}
+
+static void frame_end(struct upstream *u)
+{
+    struct rxf *f = &u->rxf;
+
+    f->in_frame = false;
+    if (wslay_is_ctrl_frame(f->opcode))
+        control_frame_end(u);
+    else
+        data_frame_end(u);
+}
+
+/* Reads every whole frame, and the payload so far of a partial one, out of u->in. */
+static void ws_read(struct upstream *u)
+{
+    struct rxf *f = &u->rxf;
+
+    while (!u->down_pending && wslay_event_want_read(u->ws)) {
+        size_t have = evbuffer_get_length(u->in);
+        if (!f->in_frame) {
+            uint8_t h[10];
+            ev_ssize_t n = evbuffer_copyout(u->in, h, have < sizeof(h) ? have : sizeof(h));
+            int used = frame_head(u, h, n > 0 ? (size_t)n : 0);
+            if (used <= 0)
+                return;
+            evbuffer_drain(u->in, (size_t)used);
+            /* Any frame, control or data, shows the peer is alive. */
+            u->last_rx_ms = clock_mono_ms();
+        }
+        if (f->left > 0) {
+            have = evbuffer_get_length(u->in);
+            if (have == 0)
+                return;
+            size_t take = f->left < have ? (size_t)f->left : have;
+            struct evbuffer_iovec v[8];
+            int nv = evbuffer_peek(u->in, (ev_ssize_t)take, NULL, v, 8);
+            size_t done = 0;
+            for (int i = 0; i < nv && i < 8; i++) {
+                size_t k = v[i].iov_len < take - done ? v[i].iov_len : take - done;
+                frame_payload(u, v[i].iov_base, k);
+                done += k;
+            }
+            evbuffer_drain(u->in, done);
+            f->left -= done;
+            /* A long frame still arriving is a live peer: its pong cannot overtake it. */
+            u->last_rx_ms = clock_mono_ms();
+            if (f->left > 0)
+                continue;
+        }
+        frame_end(u);
+    }
+}
+
 static void ws_pump(struct upstream *u)
 {
     if (!u->ws || u->down_pending)
         return;
-    int r = wslay_event_recv(u->ws);
+    ws_read(u);
     if (u->down_pending)
         return;
-    if (r != 0) {
-        link_down(u, "websocket receive failed (wslay error %d)", r);
-        return;
-    }
     /* Pongs, the answer to a close and sends made from owner callbacks. */
     ws_flush(u);
 }
@@ -923,22 +1078,15 @@ static void ws_pump(struct upstream *u)
 static int ws_create(struct upstream *u)
 {
     static const struct wslay_event_callbacks cbs = {
-        .recv_callback = ws_recv_cb,
         .send_callback = ws_send_cb,
         .genmask_callback = ws_genmask_cb,
-        .on_frame_recv_start_callback = ws_frame_start_cb,
-        .on_frame_recv_chunk_callback = ws_frame_chunk_cb,
-        .on_frame_recv_end_callback = ws_frame_end_cb,
-        .on_msg_recv_callback = NULL,
     };
 
     if (wslay_event_context_client_init(&u->ws, &cbs, u) != 0) {
         u->ws = NULL;
         return -ENOMEM;
     }
-    /* We assemble messages ourselves and enforce max_message per message. */
-    wslay_event_config_set_no_buffering(u->ws, 1);
-    wslay_event_config_set_max_recv_msg_length(u->ws, UINT64_MAX);
+    /* Frames are read by ws_read; wslay only writes. */
     return 0;
 }
 
