@@ -1,11 +1,97 @@
 #include "msgbuf.h"
 
+#include <event2/event.h>
 #include <stdint.h>
 #include <stdlib.h>
 
 /* What is being delivered now; the daemon has one thread. */
 static struct msgbuf *lent;
 static size_t lent_len;
+
+/*
+ * Large buffers that messages leave behind, kept for the next ones while
+ * they keep coming: memory fresh from the kernel costs a page fault per
+ * page on first touch, which was half the daemon's CPU on multi-megabyte
+ * replies. Bounded in count and bytes, and all freed once none has been
+ * left for spare_ms.
+ */
+#define SPARES      4
+#define SPARE_BYTES ((size_t)32 << 20)
+static struct msgbuf *spares[SPARES];
+static size_t spare_bytes;
+static struct event *spare_timer;
+static unsigned spare_ms;
+
+static void spares_free(void)
+{
+    for (int i = 0; i < SPARES; i++) {
+        free(spares[i]);
+        spares[i] = NULL;
+    }
+    spare_bytes = 0;
+}
+
+static void spare_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+    spares_free();
+}
+
+int msgbuf_init(struct event_base *base, unsigned keep_ms)
+{
+    spare_timer = evtimer_new(base, spare_timer_cb, NULL);
+    spare_ms = keep_ms;
+    return spare_timer ? 0 : -1;
+}
+
+void msgbuf_shutdown(void)
+{
+    spares_free();
+    if (spare_timer)
+        event_free(spare_timer);
+    spare_timer = NULL;
+}
+
+size_t msgbuf_spare_bytes(void)
+{
+    return spare_bytes;
+}
+
+/* The smallest spare that holds cap bytes, taken out of the cache; NULL if none does. */
+static struct msgbuf *spare_take(size_t cap)
+{
+    int best = -1;
+
+    for (int i = 0; i < SPARES; i++)
+        if (spares[i] && spares[i]->cap >= cap && (best < 0 || spares[i]->cap < spares[best]->cap))
+            best = i;
+    if (best < 0)
+        return NULL;
+    struct msgbuf *mb = spares[best];
+    spares[best] = NULL;
+    spare_bytes -= mb->cap;
+    mb->refs = 1;
+    return mb;
+}
+
+/* Keeps mb for later if it is large and there is room; frees it otherwise. */
+static void spare_put(struct msgbuf *mb)
+{
+    if (spare_timer && mb->cap >= MSGBUF_SPARE_MIN && mb->cap <= SPARE_BYTES - spare_bytes) {
+        for (int i = 0; i < SPARES; i++) {
+            if (!spares[i]) {
+                spares[i] = mb;
+                spare_bytes += mb->cap;
+                const struct timeval tv = {spare_ms / 1000, (spare_ms % 1000) * 1000};
+                evtimer_add(spare_timer, &tv);
+                return;
+            }
+        }
+    }
+    free(mb);
+}
 
 struct msgbuf *msgbuf_reserve(struct msgbuf *mb, size_t cap)
 {
@@ -15,6 +101,8 @@ struct msgbuf *msgbuf_reserve(struct msgbuf *mb, size_t cap)
         return mb;
     if (cap > SIZE_MAX - sizeof(*nb))
         return NULL;
+    if (!mb && cap >= MSGBUF_SPARE_MIN && (nb = spare_take(cap)))
+        return nb;
     nb = realloc(mb, sizeof(*nb) + cap);
     if (!nb)
         return NULL;
@@ -27,7 +115,7 @@ struct msgbuf *msgbuf_reserve(struct msgbuf *mb, size_t cap)
 void msgbuf_unref(struct msgbuf *mb)
 {
     if (mb && --mb->refs == 0)
-        free(mb);
+        spare_put(mb);
 }
 
 bool msgbuf_shared(const struct msgbuf *mb)

@@ -16,12 +16,24 @@
 
 /* Parts smaller than this are copied: a reference costs an allocation too. */
 #define MSGBUF_REF_MIN 16384
+/* Buffers this large are kept a while for reuse once their message is done. */
+#define MSGBUF_SPARE_MIN ((size_t)1 << 20)
 
 struct msgbuf {
     unsigned refs;
     size_t cap; /* bytes that data holds */
     char data[];
 };
+
+struct event_base;
+
+/* Lets finished large buffers be reused until none has been left for keep_ms.
+ * Without it every buffer is freed at once. Returns 0, or -1 out of memory. */
+int msgbuf_init(struct event_base *base, unsigned keep_ms);
+/* Frees the kept buffers; before the event base goes. */
+void msgbuf_shutdown(void);
+/* Bytes kept for reuse now. */
+size_t msgbuf_spare_bytes(void);
 
 /* mb (or a new msgbuf when mb is NULL) with room for cap bytes; NULL when out of
  * memory, mb untouched. Only for a msgbuf nobody else holds. */

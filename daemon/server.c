@@ -21,9 +21,13 @@
 
 #include "log.h"
 #include "metrics.h"
+#include "msgbuf.h"
 #include "sd.h"
 #include "server.h"
 #include "subs.h"
+
+/* How long large reply buffers are kept for reuse after the last one was done with. */
+#define MSGBUF_KEEP_MS 5000
 
 static void usage(FILE *out)
 {
@@ -474,7 +478,7 @@ int main(int argc, char **argv)
     srv.router = router_new(&srv);
     srv.metrics = metrics_new();
     if (!srv.dns || !srv.reaper || !srv.shutdown_timer || !srv.notify_timer || !srv.watchdog ||
-        !srv.router || !srv.metrics) {
+        !srv.router || !srv.metrics || msgbuf_init(srv.base, MSGBUF_KEEP_MS) != 0) {
         log_error("out of memory at start-up");
         goto out;
     }
@@ -579,6 +583,7 @@ out:
         event_free(srv.notify_timer);
     if (srv.watchdog)
         event_free(srv.watchdog);
+    msgbuf_shutdown();
     if (unix_fd >= 0)
         close(unix_fd);
     if (tcp_fd >= 0)

@@ -1,7 +1,8 @@
 /*
- * Unit tests for msgbuf: what is referenced and what is copied, and that a
+ * Unit tests for msgbuf: what is referenced and what is copied, that a
  * buffer lives exactly as long as its last holder (run under ASan in CI,
- * which would report a use after free or a leak).
+ * which would report a use after free or a leak), and which large buffers
+ * are kept for reuse and until when.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -11,6 +12,7 @@
 
 #include <cmocka.h>
 #include <event2/buffer.h>
+#include <event2/event.h>
 
 #include "msgbuf.h"
 
@@ -127,6 +129,48 @@ static void test_last_holder_frees(void **state)
     evbuffer_free(out); /* frees the msgbuf; ASan reports a leak otherwise */
 }
 
+static void test_large_buffers_are_reused_then_released(void **state)
+{
+    (void)state;
+    const size_t mib = (size_t)1 << 20;
+    struct event_base *base = event_base_new();
+    assert_non_null(base);
+    assert_int_equal(msgbuf_init(base, 20), 0);
+
+    struct msgbuf *a = msgbuf_reserve(NULL, 2 * mib);
+    struct msgbuf *b = msgbuf_reserve(NULL, 4 * mib);
+    assert_non_null(a);
+    assert_non_null(b);
+    msgbuf_unref(b);
+    msgbuf_unref(a);
+    assert_int_equal(msgbuf_spare_bytes(), 6 * mib);
+    /* The smallest that fits is handed out again, held once. */
+    struct msgbuf *c = msgbuf_reserve(NULL, 2 * mib - 100);
+    assert_ptr_equal(c, a);
+    assert_int_equal(c->refs, 1);
+    assert_int_equal(msgbuf_spare_bytes(), 4 * mib);
+    struct msgbuf *d = msgbuf_reserve(NULL, 3 * mib);
+    assert_ptr_equal(d, b);
+    assert_int_equal(msgbuf_spare_bytes(), 0);
+    /* None fits: a new one. */
+    struct msgbuf *e = msgbuf_reserve(NULL, 5 * mib);
+    assert_non_null(e);
+    assert_true(e != a && e != b);
+    /* Small ones and ones past the byte bound are freed at once (ASan sees it if not). */
+    msgbuf_unref(msgbuf_reserve(NULL, 100 * 1024));
+    msgbuf_unref(msgbuf_reserve(NULL, 40 * mib));
+    assert_int_equal(msgbuf_spare_bytes(), 0);
+    msgbuf_unref(c);
+    msgbuf_unref(d);
+    msgbuf_unref(e);
+    assert_int_equal(msgbuf_spare_bytes(), 11 * mib);
+    /* Nothing else is pending: the loop runs until the release timer has fired. */
+    assert_int_not_equal(event_base_dispatch(base), -1);
+    assert_int_equal(msgbuf_spare_bytes(), 0);
+    msgbuf_shutdown();
+    event_base_free(base);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -134,6 +178,7 @@ int main(void)
         cmocka_unit_test(test_large_lent_part_is_referenced),
         cmocka_unit_test(test_everything_else_is_copied),
         cmocka_unit_test(test_last_holder_frees),
+        cmocka_unit_test(test_large_buffers_are_reused_then_released),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
