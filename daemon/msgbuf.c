@@ -147,10 +147,12 @@ int msgbuf_add(struct evbuffer *out, const void *p, size_t n)
     uintptr_t at = (uintptr_t)p;
 
     if (lent && n >= MSGBUF_REF_MIN && at >= (uintptr_t)lent->data && n <= lent_len &&
-        at - (uintptr_t)lent->data <= lent_len - n &&
-        evbuffer_add_reference(out, p, n, reference_done, lent) == 0) {
+        at - (uintptr_t)lent->data <= lent_len - n) {
+        /* Held before the call: the evbuffer's callbacks may drain it at once. */
         lent->refs++;
-        return 0;
+        if (evbuffer_add_reference(out, p, n, reference_done, lent) == 0)
+            return 0;
+        lent->refs--;
     }
     return evbuffer_add(out, p, n);
 }

@@ -611,8 +611,13 @@ static void data_frame_start(struct upstream *u, uint8_t opcode, bool fin, uint6
     }
     rx->frame_is_data = true;
     rx->frame_fin = fin;
-    /* The head says how much is coming: one allocation, not a doubling series. */
-    if (!rx->oversize && payload_length <= u->opts.max_message - rx->len)
+    /*
+     * The head says how much is coming: one allocation, not a doubling
+     * series. Only for a message's first frame: sizing exactly for every
+     * continuation would realloc (and maybe copy) once per fragment.
+     */
+    if (opcode != WSLAY_CONTINUATION_FRAME && !rx->oversize &&
+        payload_length <= u->opts.max_message - rx->len)
         (void)rx_reserve(u, rx->len + payload_length, false);
 }
 
