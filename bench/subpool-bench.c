@@ -712,29 +712,25 @@ static void ws_drain(struct conn *c)
     struct buf *in = &c->in;
     uint64_t max = c->b->o.max_message;
 
-    while (c->state == C_READY && in->len - in->off >= 2) {
+    while (c->state == C_READY && in->off < in->len) {
         const uint8_t *h = (const uint8_t *)in->p + in->off;
-        size_t avail = in->len - in->off, head = 2;
-        uint64_t n = h[1] & 0x7f;
-        if (n >= 126)
-            head = n == 126 ? 4 : 10;
-        if (avail < head)
+        size_t avail = in->len - in->off;
+        struct ws_frame fr;
+        int head = ws_frame_parse(h, avail, &fr);
+        if (head == 0)
             return;
-        if (n == 126)
-            n = (uint64_t)h[2] << 8 | h[3];
-        else if (n == 127)
-            for (size_t i = 2; i < 10; i++)
-                n = (i == 2 ? 0 : n << 8) | h[i];
-        unsigned op = h[0] & 0x0f;
-        bool fin = (h[0] & 0x80) != 0;
-        if ((h[1] & 0x80) || (h[0] & 0x70) || (op > 2 && op < 8) || op > 10 || n > max) {
-            conn_lost(c, n > max ? "message over --max-message" : "websocket protocol error");
+        unsigned op = fr.opcode;
+        uint64_t n = fr.len;
+        bool fin = fr.fin;
+        if (head < 0 || fr.masked || fr.rsv || (op > 2 && op < 8) || op > 10 || n > max) {
+            conn_lost(c, head > 0 && n > max ? "message over --max-message"
+                                             : "websocket protocol error");
             return;
         }
-        if (avail - head < n)
+        if (avail - (size_t)head < n)
             return; /* conn_read grows the buffer to the whole frame */
         const char *payload = (const char *)h + head;
-        in->off += head + (size_t)n;
+        in->off += (size_t)head + (size_t)n;
         if (op == WSLAY_CONNECTION_CLOSE) {
             conn_lost(c, "closed by the server");
             return;

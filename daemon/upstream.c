@@ -700,13 +700,13 @@ static void ws_check_end(struct upstream *u)
         return;
     if (wslay_event_want_read(u->ws) || wslay_event_want_write(u->ws))
         return;
-    if (u->state == UPSTREAM_STATE_CLOSING)
+    if (u->rxf.error)
+        link_down(u, "websocket protocol error: %s (sent close %u)", u->rxf.error,
+                  (unsigned)wslay_event_get_status_code_sent(u->ws));
+    else if (u->state == UPSTREAM_STATE_CLOSING)
         link_down(u, "peer answered the close");
     else if (u->rxf.close_received)
         link_down(u, "peer closed the websocket (code %u)", (unsigned)u->rxf.close_code);
-    else if (u->rxf.error)
-        link_down(u, "websocket protocol error: %s (sent close %u)", u->rxf.error,
-                  (unsigned)wslay_event_get_status_code_sent(u->ws));
     else
         link_down(u, "websocket ended");
 }
@@ -935,74 +935,47 @@ static void control_frame_end(struct upstream *u)
     /* A pong needs nothing more: any frame counts as a sign of life. */
 }
 
-/* A frame head of the 2..10 bytes at h. Returns its length, 0 if incomplete, -1 if bad. */
+/* A frame head of up to WS_HEAD_MAX bytes at h. Returns its length, 0 if incomplete, -1 if bad. */
 static int frame_head(struct upstream *u, const uint8_t *h, size_t n)
 {
     struct rxf *f = &u->rxf;
-    size_t need = 2;
-    uint64_t len;
+    struct ws_frame fr;
+    int used = ws_frame_parse(h, n, &fr);
+    const char *bad = NULL;
 
-    if (n < 2)
+    if (used == 0)
         return 0;
-    len = h[1] & 0x7f;
-    if (len == 126)
-        need = 4;
-    else if (len == 127)
-        need = 10;
-    if (n < need)
-        return 0;
-    if (len == 126) {
-        len = (uint64_t)h[2] << 8 | h[3];
-        if (len < 126) {
-            ws_reject(u, WSLAY_CODE_PROTOCOL_ERROR, "length not in its shortest form");
-            return -1;
-        }
-    } else if (len == 127) {
-        len = 0;
-        for (int i = 2; i < 10; i++)
-            len = len << 8 | h[i];
-        if (len <= 0xffff || len >> 63) {
-            ws_reject(u, WSLAY_CODE_PROTOCOL_ERROR, "length not in its shortest form");
-            return -1;
-        }
+    if (used < 0)
+        bad = "length not in its shortest form";
+    else if (fr.rsv)
+        bad = "reserved bits set";
+    else if (fr.masked)
+        bad = "a masked frame from the server";
+    else if (wslay_is_ctrl_frame(fr.opcode)) {
+        if (fr.opcode != WSLAY_CONNECTION_CLOSE && fr.opcode != WSLAY_PING &&
+            fr.opcode != WSLAY_PONG)
+            bad = "reserved opcode";
+        else if (!fr.fin || fr.len > sizeof(f->ctrl))
+            bad = "fragmented or long control frame";
+    } else if (fr.opcode > WSLAY_BINARY_FRAME) {
+        bad = "reserved opcode";
+    } else if ((fr.opcode == WSLAY_CONTINUATION_FRAME) != f->in_message) {
+        bad = "fragments out of order";
     }
-
-    bool fin = (h[0] & 0x80) != 0;
-    uint8_t op = h[0] & 0x0f;
-    if (h[0] & 0x70) {
-        ws_reject(u, WSLAY_CODE_PROTOCOL_ERROR, "reserved bits set");
+    if (bad) {
+        ws_reject(u, WSLAY_CODE_PROTOCOL_ERROR, bad);
         return -1;
     }
-    if (h[1] & 0x80) {
-        ws_reject(u, WSLAY_CODE_PROTOCOL_ERROR, "a masked frame from the server");
-        return -1;
-    }
-    if (wslay_is_ctrl_frame(op)) {
-        if (op != WSLAY_CONNECTION_CLOSE && op != WSLAY_PING && op != WSLAY_PONG) {
-            ws_reject(u, WSLAY_CODE_PROTOCOL_ERROR, "reserved opcode");
-            return -1;
-        }
-        if (!fin || len > sizeof(f->ctrl)) {
-            ws_reject(u, WSLAY_CODE_PROTOCOL_ERROR, "fragmented or long control frame");
-            return -1;
-        }
+    if (wslay_is_ctrl_frame(fr.opcode)) {
         f->ctrl_len = 0;
     } else {
-        if (op != WSLAY_CONTINUATION_FRAME && op != WSLAY_TEXT_FRAME && op != WSLAY_BINARY_FRAME) {
-            ws_reject(u, WSLAY_CODE_PROTOCOL_ERROR, "reserved opcode");
-            return -1;
-        }
-        if ((op == WSLAY_CONTINUATION_FRAME) != f->in_message) {
-            ws_reject(u, WSLAY_CODE_PROTOCOL_ERROR, "fragments out of order");
-            return -1;
-        }
-        f->in_message = !fin;
-        data_frame_start(u, op, fin, len);
+        f->in_message = !fr.fin;
+        data_frame_start(u, (uint8_t)fr.opcode, fr.fin, fr.len);
     }
-    f->opcode = op;
-    f->left = len;
+    f->opcode = (uint8_t)fr.opcode;
+    f->left = fr.len;
     f->in_frame = true;
-    return (int)need;
+    return used;
 }
 
 static void frame_payload(struct upstream *u, const char *p, size_t n)
@@ -1036,7 +1009,7 @@ static void ws_read(struct upstream *u)
     while (!u->down_pending && wslay_event_want_read(u->ws)) {
         size_t have = evbuffer_get_length(u->in);
         if (!f->in_frame) {
-            uint8_t h[10];
+            uint8_t h[WS_HEAD_MAX];
             ev_ssize_t n = evbuffer_copyout(u->in, h, have < sizeof(h) ? have : sizeof(h));
             int used = frame_head(u, h, n > 0 ? (size_t)n : 0);
             if (used <= 0)

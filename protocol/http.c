@@ -276,6 +276,42 @@ size_t ws_frame_head(uint8_t out[WS_HEAD_MAX], unsigned opcode, uint64_t len, co
     return n;
 }
 
+int ws_frame_parse(const uint8_t *p, size_t n, struct ws_frame *f)
+{
+    size_t head = 2;
+    uint64_t len;
+
+    *f = (struct ws_frame){0};
+    if (n < 2)
+        return 0;
+    len = p[1] & 0x7f;
+    if (len >= 126)
+        head = len == 126 ? 4 : 10;
+    f->masked = (p[1] & 0x80) != 0;
+    if (n < head + (f->masked ? 4 : 0))
+        return 0;
+    if (len == 126) {
+        len = (uint64_t)p[2] << 8 | p[3];
+        if (len < 126)
+            return -1;
+    } else if (len == 127) {
+        len = 0;
+        for (int i = 2; i < 10; i++)
+            len = len << 8 | p[i];
+        if (len <= 0xffff || len >> 63)
+            return -1;
+    }
+    f->fin = (p[0] & 0x80) != 0;
+    f->rsv = (p[0] >> 4) & 7;
+    f->opcode = p[0] & 0x0f;
+    f->len = len;
+    if (f->masked) {
+        memcpy(f->mask, p + head, 4);
+        head += 4;
+    }
+    return (int)head;
+}
+
 void ws_mask_copy(uint8_t *dst, const uint8_t *src, size_t n, const uint8_t mask[4])
 {
     uint32_t m, w;

@@ -71,5 +71,24 @@ int ws_accept(const char *key, size_t key_len, char out[WS_ACCEPT_LEN + 1]);
  */
 size_t ws_frame_head(uint8_t out[WS_HEAD_MAX], unsigned opcode, uint64_t len, const uint8_t *mask);
 
+/* One frame head as read off the wire. */
+struct ws_frame {
+    bool fin;
+    unsigned rsv;    /* the three reserved bits, 0..7 */
+    unsigned opcode; /* 0..15 */
+    bool masked;
+    uint8_t mask[4]; /* when masked */
+    uint64_t len;    /* payload length */
+};
+
+/*
+ * Reads the frame head at p[0..n). Returns its length (2..WS_HEAD_MAX), 0
+ * while it is incomplete, or -1 when its payload length is not in its
+ * shortest form or has the top bit set (RFC 6455, 5.2). Checking the
+ * opcode, bits and order is the caller's: which are wrong depends on the
+ * side.
+ */
+int ws_frame_parse(const uint8_t *p, size_t n, struct ws_frame *f);
+
 /* Copies n bytes from src to dst masked with mask, starting at mask byte 0. */
 void ws_mask_copy(uint8_t *dst, const uint8_t *src, size_t n, const uint8_t mask[4]);

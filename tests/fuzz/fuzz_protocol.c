@@ -444,6 +444,19 @@ static void fuzz_http(const char *buf, size_t size)
 
         CHECK(ws_accept(buf, size, acc) == 0 && strlen(acc) == WS_ACCEPT_LEN);
     }
+    /* A frame head: never past the input; one byte less needs more; written back the same. */
+    struct ws_frame f;
+    rc = ws_frame_parse((const uint8_t *)buf, size, &f);
+    CHECK(rc >= -1 && rc <= WS_HEAD_MAX && (size_t)(rc > 0 ? rc : 0) <= size);
+    if (rc > 0) {
+        uint8_t again[WS_HEAD_MAX];
+        struct ws_frame f2;
+
+        CHECK(ws_frame_parse((const uint8_t *)buf, (size_t)rc - 1, &f2) == 0);
+        CHECK(ws_frame_head(again, f.opcode, f.len, f.masked ? f.mask : NULL) == (size_t)rc);
+        CHECK(memcmp(again + 1, buf + 1, (size_t)rc - 1) == 0);
+        CHECK((again[0] & 0x0f) == ((uint8_t)buf[0] & 0x0f));
+    }
 }
 
 static void fuzz_url(const char *buf, size_t size)

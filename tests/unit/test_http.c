@@ -322,6 +322,18 @@ static void check_frame(uint64_t len, bool masked)
         ws_mask_copy(frame + head, src, len, mask);
     else
         memcpy(frame + head, src, len);
+    /* ws_frame_parse reads the same head back, and nothing from a shorter prefix. */
+    struct ws_frame fr;
+    assert_int_equal(ws_frame_parse(frame, head + len, &fr), (int)head);
+    assert_true(fr.fin);
+    assert_int_equal(fr.rsv, 0);
+    assert_int_equal(fr.opcode, WSLAY_TEXT_FRAME);
+    assert_int_equal(fr.masked, masked);
+    assert_int_equal(fr.len, len);
+    if (masked)
+        assert_memory_equal(fr.mask, mask, 4);
+    for (size_t k = 0; k < head; k++)
+        assert_int_equal(ws_frame_parse(frame, k, &fr), 0);
     struct feed f = {frame, head + len, 0};
     assert_int_equal(wslay_frame_context_init(&ctx, &cbs, &f), 0);
     do {
@@ -355,14 +367,47 @@ static void test_ws_frame_head(void **state)
     }
 }
 
+static void test_ws_frame_parse_rejects(void **state)
+{
+    /* Lengths not in their shortest form, or with the top bit set (RFC 6455, 5.2). */
+    static const uint8_t bad16[] = {0x81, 126, 0, 125};
+    static const uint8_t bad64[] = {0x82, 127, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    static const uint8_t top64[] = {0x82, 127, 0x80, 0, 0, 0, 0, 0, 0, 0};
+    /* Smallest good ones, with every header bit set: read as given. */
+    static const uint8_t ok16[] = {0xff, 0x80 | 126, 0, 126, 1, 2, 3, 4};
+    static const uint8_t ok64[] = {0x0a, 127, 0, 0, 0, 0, 0, 1, 0, 0};
+    struct ws_frame f;
+    (void)state;
+
+    assert_int_equal(ws_frame_parse(bad16, sizeof(bad16), &f), -1);
+    assert_int_equal(ws_frame_parse(bad64, sizeof(bad64), &f), -1);
+    assert_int_equal(ws_frame_parse(top64, sizeof(top64), &f), -1);
+    assert_int_equal(ws_frame_parse(ok16, sizeof(ok16), &f), 8);
+    assert_true(f.fin && f.masked);
+    assert_int_equal(f.rsv, 7);
+    assert_int_equal(f.opcode, 15);
+    assert_int_equal(f.len, 126);
+    assert_memory_equal(f.mask, ok16 + 4, 4);
+    assert_int_equal(ws_frame_parse(ok64, sizeof(ok64), &f), 10);
+    assert_false(f.fin || f.masked);
+    assert_int_equal(f.opcode, 10);
+    assert_int_equal(f.len, 65536);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_request),     cmocka_unit_test(test_incremental),
-        cmocka_unit_test(test_bare_lf),     cmocka_unit_test(test_request_rejects),
-        cmocka_unit_test(test_response),    cmocka_unit_test(test_max_headers),
-        cmocka_unit_test(test_max_head),    cmocka_unit_test(test_ws_accept),
-        cmocka_unit_test(test_ws_make_key), cmocka_unit_test(test_ws_frame_head),
+        cmocka_unit_test(test_request),
+        cmocka_unit_test(test_incremental),
+        cmocka_unit_test(test_bare_lf),
+        cmocka_unit_test(test_request_rejects),
+        cmocka_unit_test(test_response),
+        cmocka_unit_test(test_max_headers),
+        cmocka_unit_test(test_max_head),
+        cmocka_unit_test(test_ws_accept),
+        cmocka_unit_test(test_ws_make_key),
+        cmocka_unit_test(test_ws_frame_head),
+        cmocka_unit_test(test_ws_frame_parse_rejects),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
