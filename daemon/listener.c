@@ -2,14 +2,18 @@
  * The local listeners. The Unix socket is created with the configured mode,
  * replacing a stale file but never a live daemon's socket. The optional TCP
  * port is loopback unless explicitly allowed otherwise. Accepted connections
- * become sessions. When the process runs out of descriptors, accepting
- * pauses for a moment instead of spinning on the error. Sockets passed by
+ * become sessions, one per wake-up as nginx does by default: with several
+ * waiting, the listener is simply ready again on the next loop pass, and a
+ * lone connection costs no second accept() that can only fail with EAGAIN.
+ * When the process runs out of descriptors, accepting pauses for a moment
+ * instead of spinning on the error. Sockets passed by
  * systemd are used as they are: their file, mode and group belong to the
  * socket unit, so they are never unlinked or chmod-ed here.
  */
 #include <arpa/inet.h>
 #include <errno.h>
-#include <event2/listener.h>
+#include <event2/event.h>
+#include <event2/util.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -25,9 +29,12 @@
 #include "log.h"
 #include "server.h"
 
+#define LISTEN_BACKLOG 1024
+
 struct listener {
     struct server *srv;
-    struct evconnlistener *evl;
+    int fd;               /* the listening socket; -1 before it is ours */
+    struct event *ev;     /* readable: a connection is waiting */
     struct event *resume; /* re-enables accept after EMFILE */
     char *path;           /* Unix socket path, or the TCP address as given */
     bool tcp;
@@ -48,15 +55,31 @@ static void refuse(int fd)
     close(fd);
 }
 
-static void accept_cb(struct evconnlistener *evl, evutil_socket_t fd, struct sockaddr *sa,
-                      int socklen, void *arg)
+/* Errors that concern one connection, not the listener: try again on the next wake-up. */
+static bool accept_retriable(int err)
+{
+    return err == EAGAIN || err == EWOULDBLOCK || err == EINTR || err == ECONNABORTED ||
+           err == EPROTO;
+}
+
+static void accept_ready(evutil_socket_t lfd, short what, void *arg)
 {
     struct listener *l = arg;
     struct server *srv = l->srv;
-    (void)evl;
-    (void)sa;
-    (void)socklen;
+    struct timeval tv = {1, 0};
+    int fd;
+    (void)what;
 
+    fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+        if (accept_retriable(errno))
+            return;
+        /* EMFILE, ENFILE, ENOBUFS: the socket stays ready, so waiting is the only way out. */
+        log_error("listener: accept failed: %s; pausing accept for 1 s", strerror(errno));
+        event_del(l->ev);
+        evtimer_add(l->resume, &tv);
+        return;
+    }
     srv->stats.accepted++;
     if (srv->n_sessions >= srv->cfg->max_clients) {
         log_warn("listener: refused a client: max_clients (%u) reached", srv->cfg->max_clients);
@@ -78,18 +101,7 @@ static void resume_cb(evutil_socket_t fd, short what, void *arg)
     struct listener *l = arg;
     (void)fd;
     (void)what;
-    evconnlistener_enable(l->evl);
-}
-
-static void error_cb(struct evconnlistener *evl, void *arg)
-{
-    struct listener *l = arg;
-    int err = EVUTIL_SOCKET_ERROR();
-    struct timeval tv = {1, 0};
-
-    log_error("listener: accept failed: %s; pausing accept for 1 s", strerror(err));
-    evconnlistener_disable(evl);
-    evtimer_add(l->resume, &tv);
+    event_add(l->ev, NULL);
 }
 
 /* A socket file answering connect() belongs to a live daemon; one refusing it is stale. */
@@ -132,35 +144,65 @@ static int check_stale(const char *path, char *err, size_t errlen)
     return 0;
 }
 
-/* Accept errors pause accepting behind a timer instead of spinning (EMFILE). */
-static int listener_arm(struct listener *l, char *err, size_t errlen)
+/* Takes fd (closed on failure): listens on it unless BACKLOG is 0, and watches it. */
+static int listener_start(struct listener *l, int fd, int backlog, char *err, size_t errlen)
 {
-    evconnlistener_set_error_cb(l->evl, error_cb);
+    l->fd = fd;
+    if (backlog > 0 && listen(fd, backlog) < 0) {
+        snprintf(err, errlen, "%s: listen: %s", l->path, strerror(errno));
+        return -1;
+    }
+    l->ev = event_new(l->srv->base, fd, EV_READ | EV_PERSIST, accept_ready, l);
     l->resume = evtimer_new(l->srv->base, resume_cb, l);
-    if (!l->resume) {
+    if (!l->ev || !l->resume || event_add(l->ev, NULL) < 0) {
         snprintf(err, errlen, "out of memory");
         return -1;
     }
     return 0;
 }
 
+/* Frees a listener that is not serving yet or any more; the Unix socket file is the caller's. */
+static void listener_release(struct listener *l)
+{
+    if (l->ev)
+        event_free(l->ev);
+    if (l->resume)
+        event_free(l->resume);
+    if (l->fd >= 0)
+        close(l->fd);
+    if (l->lock_fd >= 0)
+        close(l->lock_fd); /* the lock file stays: removing it would race the next daemon */
+    free(l->path);
+    free(l);
+}
+
+/* A zeroed listener owning nothing yet. */
+static struct listener *listener_alloc(struct server *srv, bool tcp)
+{
+    struct listener *l = calloc(1, sizeof(*l));
+
+    if (l) {
+        l->srv = srv;
+        l->tcp = tcp;
+        l->fd = -1;
+        l->lock_fd = -1;
+    }
+    return l;
+}
+
 struct listener *listener_new(struct server *srv, const char *path, unsigned mode, char *err,
                               size_t errlen)
 {
-    struct listener *l = calloc(1, sizeof(*l));
+    struct listener *l = listener_alloc(srv, false);
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     struct stat st;
     mode_t old_mask;
-    int fd = -1;
     char lock_path[sizeof(sa.sun_path) + 8];
 
-    if (l)
-        l->lock_fd = -1;
     if (!l || !(l->path = strdup(path))) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
-    l->srv = srv;
     if (strlen(path) >= sizeof(sa.sun_path)) {
         snprintf(err, errlen, "%s: path too long for a Unix socket", path);
         goto fail;
@@ -187,14 +229,14 @@ struct listener *listener_new(struct server *srv, const char *path, unsigned mod
     if (check_stale(path, err, errlen) < 0)
         goto fail;
     memcpy(sa.sun_path, path, strlen(path) + 1);
-    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
+    l->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (l->fd < 0) {
         snprintf(err, errlen, "socket: %s", strerror(errno));
         goto fail;
     }
     /* Create the file with the final mode so there is no window with wider permissions. */
     old_mask = umask(~mode & 0777);
-    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+    if (bind(l->fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
         umask(old_mask);
         snprintf(err, errlen, "%s: bind: %s", path, strerror(errno));
         goto fail;
@@ -206,30 +248,15 @@ struct listener *listener_new(struct server *srv, const char *path, unsigned mod
     }
     l->dev = st.st_dev;
     l->ino = st.st_ino;
-    l->evl = evconnlistener_new(srv->base, accept_cb, l,
-                                LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, 1024, fd);
-    if (!l->evl) {
-        snprintf(err, errlen, "%s: listen: %s", path, strerror(errno));
-        goto fail_unlink;
-    }
-    fd = -1;
-    if (listener_arm(l, err, errlen) < 0)
+    if (listener_start(l, l->fd, LISTEN_BACKLOG, err, errlen) < 0)
         goto fail_unlink;
     log_info("listener: accepting clients on %s (mode %04o)", path, mode);
     return l;
 fail_unlink:
     unlink(path);
 fail:
-    if (fd >= 0)
-        close(fd);
-    if (l) {
-        if (l->evl)
-            evconnlistener_free(l->evl);
-        if (l->lock_fd >= 0)
-            close(l->lock_fd);
-        free(l->path);
-        free(l);
-    }
+    if (l)
+        listener_release(l);
     return NULL;
 }
 
@@ -268,17 +295,14 @@ static int remote_allowed(const struct sockaddr_storage *ss, const char *what, c
 struct listener *listener_new_tcp(struct server *srv, const char *addr, bool allow_remote,
                                   char *err, size_t errlen)
 {
-    struct listener *l = calloc(1, sizeof(*l));
+    struct listener *l = listener_alloc(srv, true);
     struct sockaddr_storage ss;
-    int sslen = sizeof(ss);
+    int sslen = sizeof(ss), one = 1;
 
     if (!l || !(l->path = strdup(addr))) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
-    l->srv = srv;
-    l->tcp = true;
-    l->lock_fd = -1;
     if (evutil_parse_sockaddr_port(addr, (struct sockaddr *)&ss, &sslen) < 0 ||
         !strchr(addr, ':')) {
         snprintf(err, errlen,
@@ -289,43 +313,38 @@ struct listener *listener_new_tcp(struct server *srv, const char *addr, bool all
     }
     if (remote_allowed(&ss, "tcp_listen", addr, allow_remote, err, errlen) < 0)
         goto fail;
-    l->evl = evconnlistener_new_bind(
-        srv->base, accept_cb, l, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_REUSEABLE,
-        1024, (struct sockaddr *)&ss, sslen);
-    if (!l->evl) {
+    /* SO_REUSEADDR: a restart must not wait out the old daemon's TIME_WAIT connections. */
+    l->fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (l->fd < 0 || setsockopt(l->fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+        bind(l->fd, (struct sockaddr *)&ss, (socklen_t)sslen) < 0) {
         snprintf(err, errlen, "tcp_listen: %s: %s", addr, strerror(errno));
         goto fail;
     }
-    if (listener_arm(l, err, errlen) < 0)
+    if (listener_start(l, l->fd, LISTEN_BACKLOG, err, errlen) < 0)
         goto fail;
     log_info("listener: accepting clients on tcp %s", addr);
     return l;
 fail:
-    if (l) {
-        if (l->evl)
-            evconnlistener_free(l->evl);
-        free(l->path);
-        free(l);
-    }
+    if (l)
+        listener_release(l);
     return NULL;
 }
 
 struct listener *listener_new_fd(struct server *srv, int fd, bool tcp, bool allow_remote, char *err,
                                  size_t errlen)
 {
-    struct listener *l = calloc(1, sizeof(*l));
+    struct listener *l = listener_alloc(srv, tcp);
     struct sockaddr_storage ss;
     socklen_t sslen = sizeof(ss);
     char name[sizeof(((struct sockaddr_un *)0)->sun_path) + 8] = "";
 
     if (!l) {
         snprintf(err, errlen, "out of memory");
-        goto fail;
+        close(fd);
+        return NULL;
     }
-    l->srv = srv;
-    l->tcp = tcp;
     l->activated = true;
-    l->lock_fd = -1;
+    l->fd = fd;
     if (getsockname(fd, (struct sockaddr *)&ss, &sslen) < 0) {
         snprintf(err, errlen, "socket activation: getsockname: %s", strerror(errno));
         goto fail;
@@ -366,32 +385,19 @@ struct listener *listener_new_fd(struct server *srv, int fd, bool tcp, bool allo
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
-    /* libevent wants it non-blocking; systemd passes sockets blocking unless asked. */
+    /* accept() must not block: systemd passes sockets blocking unless asked. */
     if (evutil_make_socket_nonblocking(fd) < 0 || evutil_make_socket_closeonexec(fd) < 0) {
         snprintf(err, errlen, "socket activation: %s: %s", name, strerror(errno));
         goto fail;
     }
-    l->evl = evconnlistener_new(srv->base, accept_cb, l,
-                                LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, 0, fd);
-    if (!l->evl) {
-        snprintf(err, errlen, "socket activation: %s: %s", name, strerror(errno));
-        goto fail;
-    }
-    fd = -1;
-    if (listener_arm(l, err, errlen) < 0)
+    /* systemd has called listen() with the unit's backlog. */
+    if (listener_start(l, fd, 0, err, errlen) < 0)
         goto fail;
     log_info("listener: accepting clients on %s%s (socket from systemd)", tcp ? "tcp " : "",
              l->path);
     return l;
 fail:
-    if (fd >= 0)
-        close(fd);
-    if (l) {
-        if (l->evl)
-            evconnlistener_free(l->evl);
-        free(l->path);
-        free(l);
-    }
+    listener_release(l);
     return NULL;
 }
 
@@ -401,16 +407,10 @@ struct listener *listener_free(struct listener *l)
 
     if (!l)
         return NULL;
-    evconnlistener_free(l->evl);
-    if (l->resume)
-        event_free(l->resume);
     /* Remove the file only if it is still ours (a new daemon may have replaced it). */
     if (!l->tcp && !l->activated && stat(l->path, &st) == 0 && st.st_dev == l->dev &&
         st.st_ino == l->ino)
         unlink(l->path);
-    if (l->lock_fd >= 0)
-        close(l->lock_fd); /* the lock file stays: removing it would race the next daemon */
-    free(l->path);
-    free(l);
+    listener_release(l);
     return NULL;
 }
