@@ -617,6 +617,15 @@ struct session *session_new(struct server *srv, int fd, bool tcp)
     srv->n_sessions++;
     srv->stats.clients_by_proto[SESSION_PROTO_DETECT]++;
     log_debug("session %llu: connected", (unsigned long long)s->id);
+    /*
+     * Clients write as soon as connect() returns, so the first request is
+     * usually queued before the accept: read it in this loop pass rather
+     * than after the next epoll_wait(). Queued behind the events already
+     * due, so a client that left just before this one connected is seen to
+     * go first. When nothing is there yet this costs one read() that
+     * returns EAGAIN.
+     */
+    event_active(s->rd, EV_READ, 1);
     return s;
 }
 
