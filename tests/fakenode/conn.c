@@ -34,6 +34,8 @@
 #define HANDSHAKE_TIMEOUT_S 30
 #define CLOSE_TIMEOUT_S     5
 #define REORDER_FLUSH_MS    250
+/* Frames up to this size are written as one piece: over TLS one record, one write. */
+#define FRAME_ONE_PIECE (16u << 10)
 
 /* A reply waiting out its latency. */
 struct pending {
@@ -264,8 +266,20 @@ static void conn_send_text(struct conn *c, struct evbuffer *buf)
     size_t len = evbuffer_get_length(buf);
     if (!wslay_event_want_write(c->ws) && wslay_event_get_write_enabled(c->ws)) {
         uint8_t head[WS_HEAD_MAX];
-        evbuffer_add(out, head, ws_frame_head(head, WSLAY_TEXT_FRAME, len, NULL));
-        evbuffer_add_buffer(out, buf);
+        size_t hlen = ws_frame_head(head, WSLAY_TEXT_FRAME, len, NULL);
+        struct evbuffer_iovec v;
+        /* An OpenSSL bufferevent makes a record of every buffer chain, and writes each
+         * alone: a head chain before the payload's chains would cost two records and
+         * two writes per reply, where a node's own writer sends one. */
+        if (len <= FRAME_ONE_PIECE && evbuffer_reserve_space(out, hlen + len, &v, 1) == 1) {
+            memcpy(v.iov_base, head, hlen);
+            evbuffer_copyout(buf, (char *)v.iov_base + hlen, len);
+            v.iov_len = hlen + len;
+            evbuffer_commit_space(out, &v, 1);
+        } else {
+            evbuffer_add(out, head, hlen);
+            evbuffer_add_buffer(out, buf);
+        }
     } else {
         struct wslay_event_msg m = {
             .opcode = WSLAY_TEXT_FRAME,
