@@ -12,7 +12,8 @@ JSON (--json). Scenarios:
   S3  connection churn: connect + one call + close, in one process and as
       separate short-lived processes; also to a devnode that serves wss://,
       directly (a TLS handshake per client), through nginx (a TLS connection
-      to the node per client) and through subpoold (pooled TLS links)
+      to the node per client) and through subpoold (pooled TLS links); and as
+      processes of the shipped `subpool` CLI, and of `true` (process start alone)
   S4  fan-out, one call per subnet on a node 20 ms away: sequential direct,
       sequential via subpoold, concurrent via subpoold
   S5  idle clients held by subpoold: daemon memory per client
@@ -158,8 +159,10 @@ class Stack:
         self.bench_bin = build / "bench" / "subpool-bench"
         self.devnode_bin = build / "tests" / "fakenode" / "subpool-devnode"
         self.subpoold_bin = build / "daemon" / "subpoold"
+        self.cli_bin = build / "client" / "subpool"
         self.floor_bin = build / "bench" / "subpool-floor"
-        for b in (self.bench_bin, self.devnode_bin, self.subpoold_bin, self.floor_bin):
+        for b in (self.bench_bin, self.devnode_bin, self.subpoold_bin, self.floor_bin,
+                  self.cli_bin):
             if not os.access(b, os.X_OK):
                 raise Failure(f"{b} is not built (ninja -C {build})")
 
@@ -277,13 +280,16 @@ class Runner:
         self.raw = []
 
     def bench(self, label, target, *opts, daemon_pid=None, node_pid=None, during=None,
-              allow_fail=False):
-        """Run subpool-bench once; `during` is called while it runs. Returns its report."""
+              allow_fail=False, program=None):
+        """Run subpool-bench once; `during` is called while it runs. Returns its report.
+        `program`: the argv that --mode spawn runs instead of its own `once`."""
         argv = [self.stack.bench_bin, "--target", target, *[str(o) for o in opts]]
         if daemon_pid:
             argv += ["--daemon-pid", daemon_pid]
         if node_pid:
             argv += ["--node-pid", node_pid]
+        if program:
+            argv += ["--", *program]
         argv = [str(a) for a in argv]
         bound = 180 if not self.args.smoke else 50
         if self.args.verbose:
@@ -372,6 +378,8 @@ def fmt(v, digits=1):
 FLOOR = "floor (no upstream)"
 TLS_DIRECT = "direct, node over TLS"
 TLS_SUB = "subpoold, node over TLS"
+TLS_SUB_CLI = "subpoold, node over TLS, `subpool` CLI"
+PROC_START = "process start alone (`true`)"
 
 
 def ratio(a, b):
@@ -609,6 +617,14 @@ class Bench:
                               self.node_tls))
             paths.append((TLS_SUB, self.sub_tls.target, self.sub_tls.pid, self.node_tls))
         paths += self.floor_path()
+        # Separate processes only: the shipped CLI (what a shell script runs; it loads no TLS
+        # library), and a process that does nothing, which bounds every path from below.
+        spawn_only = [(PROC_START, self.node_direct.url, None, None, [shutil.which("true") or "true"])]
+        if self.node_tls:
+            spawn_only.insert(0, (TLS_SUB_CLI, self.sub_tls.target, self.sub_tls.pid,
+                                  self.node_tls,
+                                  [self.stack.cli_bin, "--socket", self.sub_tls.socket,
+                                   "--timeout", 30, "call", "system_chain"]))
         self.p(f"## S3 — connection churn (connect + 1 call + close, one after another)")
         self.p()
         self.p("| path | in-process calls/s | p50 ms | p99 ms | separate processes calls/s "
@@ -626,14 +642,23 @@ class Bench:
                 res_proc.setdefault(name, []).append(r.bench(
                     f"S3 spawn {name} #{i + 1}", target, "--mode", "spawn", "--clients", 1,
                     "--requests", nproc, *extra, daemon_pid=pid, node_pid=node_pid))
+            for name, target, pid, node, program in spawn_only:
+                res_proc.setdefault(name, []).append(r.bench(
+                    f"S3 spawn {name} #{i + 1}", target, "--mode", "spawn", "--clients", 1,
+                    "--requests", nproc, daemon_pid=pid, node_pid=node.pid if node else None,
+                    program=program))
         mi = {k: median_report(v, keys) for k, v in res_in.items()}
         mp = {k: median_report(v, keys) for k, v in res_proc.items()}
-        for name in mi:
-            a, b = mi[name], mp[name]
+        none = dict.fromkeys(keys)
+
+        def ms(v):
+            return v / 1e3 if v is not None else None
+        for name in mp:
+            a, b = mi.get(name, none), mp[name]
             self.p(f"| {name} | {fmt(a['throughput_rps'], 0)} | "
-                   f"{fmt(a['latency_us.p50'] / 1e3, 3)} | {fmt(a['latency_us.p99'] / 1e3, 3)} | "
-                   f"{fmt(b['throughput_rps'], 0)} | {fmt(b['latency_us.p50'] / 1e3, 2)} | "
-                   f"{fmt(b['latency_us.p99'] / 1e3, 2)} |")
+                   f"{fmt(ms(a['latency_us.p50']), 3)} | {fmt(ms(a['latency_us.p99']), 3)} | "
+                   f"{fmt(b['throughput_rps'], 0)} | {fmt(ms(b['latency_us.p50']), 2)} | "
+                   f"{fmt(ms(b['latency_us.p99']), 2)} |")
         self.p()
         sub = mi["subpoold"]["throughput_rps"]
         self.p(f"- subpoold vs direct plain ws: **{fmt(ratio(sub, mi['direct']['throughput_rps']), 1)}x**"
@@ -652,6 +677,14 @@ class Bench:
             plain = ratio(mi["subpoold"]["throughput_rps"], mi[TLS_DIRECT]["throughput_rps"])
             self.p(f"- subpoold with a plain ws:// link to its node, against the same direct "
                    f"wss:// clients: **{fmt(plain, 1)}x** in-process")
+            xc = ratio(mp[TLS_SUB_CLI]["throughput_rps"], mp[TLS_DIRECT]["throughput_rps"])
+            bound = ratio(mp[PROC_START]["throughput_rps"], mp[TLS_DIRECT]["throughput_rps"])
+            self.p(f"- separate processes, each a call through the `subpool` CLI (a process that "
+                   f"loads no TLS library), against direct wss:// processes: **{fmt(xc, 2)}x**; "
+                   f"no path can pass **{fmt(bound, 2)}x** here, the rate at which processes that "
+                   f"do nothing (`true`) start and end")
+            self.summary["S3_vs_tls_cli_procs"] = xc
+            self.summary["S3_procs_bound"] = bound
         self.p(f"- `{FLOOR}` bounds every local proxy: in a separate process it shows what "
                "starting the process and connecting cost before any call is made")
         self.p()

@@ -16,7 +16,8 @@
  *   once    one connection, one call (--print shows the reply); exit status
  *           says whether it worked. The unit of `spawn`.
  *   spawn   runs `once` as N separate short-lived processes, K at a time
- *           (churn including process start, like cron jobs and scripts)
+ *           (churn including process start, like cron jobs and scripts), or
+ *           the program given after `--`, whose exit status is the verdict
  * Runs are bounded by --duration and/or --requests, and a --timeout that
  * stops everything whatever happens. Exit 0 when nothing failed, 1 when a
  * request, connection or reply went wrong (the report is printed anyway),
@@ -101,6 +102,7 @@ struct opts {
     const char *cafile;
     bool print;
     bool quiet;
+    char **spawn_argv; /* spawn: the program to run instead of `once` */
 };
 
 struct target {
@@ -1483,6 +1485,23 @@ static int run_spawn(struct bench *b, char *self)
                     o->cafile ? "--cafile" : NULL,
                     (char *)o->cafile,
                     NULL};
+    char **child = o->spawn_argv ? o->spawn_argv : argv;
+    /* SIGCHLD is blocked here and awaited with a deadline, so a child that hangs cannot
+     * hold the run past --timeout; children start with nothing blocked. */
+    sigset_t chld, none;
+    sigemptyset(&chld);
+    sigemptyset(&none);
+    sigaddset(&chld, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &chld, NULL);
+    posix_spawnattr_t attr;
+    if (posix_spawnattr_init(&attr) != 0 || posix_spawnattr_setsigmask(&attr, &none) != 0 ||
+        posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK) != 0)
+        die("posix_spawnattr: out of memory");
+    /* A child's output would corrupt the report on stdout; its stderr still shows. */
+    posix_spawn_file_actions_t fa;
+    if (posix_spawn_file_actions_init(&fa) != 0 ||
+        posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, "/dev/null", O_WRONLY, 0) != 0)
+        die("posix_spawn_file_actions: out of memory");
     struct {
         pid_t pid;
         uint64_t t0;
@@ -1490,6 +1509,7 @@ static int run_spawn(struct bench *b, char *self)
     if (!run)
         die("out of memory");
     uint64_t started = 0, done = 0, t_begin = now_ns(), deadline = 0;
+    uint64_t hard = t_begin + sec_to_ns(o->timeout);
     if (o->duration > 0)
         deadline = t_begin + sec_to_ns(o->duration);
     b->t_start = b->t_measure = t_begin;
@@ -1503,7 +1523,7 @@ static int run_spawn(struct bench *b, char *self)
             while (run[slot].pid)
                 slot++;
             run[slot].t0 = now_ns();
-            int r = posix_spawn(&run[slot].pid, self, NULL, NULL, argv, environ);
+            int r = posix_spawnp(&run[slot].pid, child[0], &fa, &attr, child, environ);
             if (r != 0) {
                 note_error(b, &b->err.connect, "posix_spawn: %s", strerror(r));
                 run[slot].pid = 0;
@@ -1517,8 +1537,24 @@ static int run_spawn(struct bench *b, char *self)
         if (!running)
             continue;
         int status;
-        /* Each child stops itself within its --timeout, so this wait is bounded. */
-        pid_t pid = waitpid(-1, &status, 0);
+        pid_t pid = waitpid(-1, &status, WNOHANG);
+        if (pid == 0) {
+            uint64_t t = now_ns();
+            if (t >= hard) {
+                note_error(b, &b->err.timeout, "%u processes still running at --timeout: killed",
+                           running);
+                for (unsigned i = 0; i < k; i++)
+                    if (run[i].pid)
+                        kill(run[i].pid, SIGKILL);
+                n = started;
+                hard = UINT64_MAX;
+                continue;
+            }
+            struct timespec ts = {(time_t)((hard - t) / 1000000000u),
+                                  (long)((hard - t) % 1000000000u)};
+            (void)sigtimedwait(&chld, NULL, &ts);
+            continue;
+        }
         if (pid < 0) {
             if (errno == EINTR)
                 continue;
@@ -1535,11 +1571,14 @@ static int run_spawn(struct bench *b, char *self)
             b->t_last = t;
             hist_record(&b->hist, t - run[i].t0);
             if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-                note_error(b, &b->err.rpc, "a `once` process failed (status %d)", status);
+                note_error(b, &b->err.rpc, "%s failed (status %d)", child[0], status);
             break;
         }
     }
     b->issued = started;
+    posix_spawnattr_destroy(&attr);
+    posix_spawn_file_actions_destroy(&fa);
+    sigprocmask(SIG_UNBLOCK, &chld, NULL);
     sample(o->daemon_pid, &b->d1);
     sample(o->node_pid, &b->n1);
     getrusage(RUSAGE_CHILDREN, &b->ru1);
@@ -1637,7 +1676,7 @@ static void report(struct bench *b)
 /* ---------------------------------------------------------------- main -- */
 
 static const char usage_text[] =
-    "Usage: " PROG " --target TARGET [OPTION]...\n"
+    "Usage: " PROG " --target TARGET [OPTION]... [-- PROGRAM [ARG]...]\n"
     "Load a JSON-RPC endpoint and print one JSON object of results.\n"
     "\n"
     "Targets (loopback only): unix:PATH (NDJSON, subpoold), ws://HOST:PORT[/PATH],\n"
@@ -1663,6 +1702,8 @@ static const char usage_text[] =
     "  --cafile FILE          wss://: verify the server against these CAs (else unverified)\n"
     "  --print                print each result to stdout (before the report)\n"
     "  --quiet                once: no report, only the exit status\n"
+    "  -- PROGRAM [ARG]...    spawn: run this instead of " PROG " --mode once; exit\n"
+    "                         status 0 counts as a successful call\n"
     "  --help                 show this and exit\n"
     "\n"
     "Exit status: 0 when every request succeeded, 1 when anything failed, 2 on bad usage.\n";
@@ -1848,8 +1889,10 @@ static void parse_opts(int argc, char **argv, struct opts *o)
             exit(2);
         }
     }
+    if (optind < argc && o->mode != MODE_SPAWN)
+        die("unexpected argument \"%s\" (a program to run is for --mode spawn)", argv[optind]);
     if (optind < argc)
-        die("unexpected argument \"%s\"", argv[optind]);
+        o->spawn_argv = argv + optind;
     if (!o->target)
         die("--target is required (unix:PATH or ws://HOST:PORT)");
     if (o->mode == MODE_OPEN && o->rate <= 0)
