@@ -1487,15 +1487,19 @@ static int run_spawn(struct bench *b, char *self)
                     NULL};
     char **child = o->spawn_argv ? o->spawn_argv : argv;
     /* SIGCHLD is blocked here and awaited with a deadline, so a child that hangs cannot
-     * hold the run past --timeout; children start with nothing blocked. */
-    sigset_t chld, none;
+     * hold the run past --timeout. Children start with nothing blocked and SIGPIPE at its
+     * default, whatever this process does with them. */
+    sigset_t chld, none, old, pipe;
     sigemptyset(&chld);
     sigemptyset(&none);
+    sigemptyset(&pipe);
     sigaddset(&chld, SIGCHLD);
-    sigprocmask(SIG_BLOCK, &chld, NULL);
+    sigaddset(&pipe, SIGPIPE);
+    sigprocmask(SIG_BLOCK, &chld, &old);
     posix_spawnattr_t attr;
     if (posix_spawnattr_init(&attr) != 0 || posix_spawnattr_setsigmask(&attr, &none) != 0 ||
-        posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK) != 0)
+        posix_spawnattr_setsigdefault(&attr, &pipe) != 0 ||
+        posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF) != 0)
         die("posix_spawnattr: out of memory");
     /* A child's output would corrupt the report on stdout; its stderr still shows. */
     posix_spawn_file_actions_t fa;
@@ -1504,54 +1508,55 @@ static int run_spawn(struct bench *b, char *self)
         die("posix_spawn_file_actions: out of memory");
     struct {
         pid_t pid;
+        bool killed;
         uint64_t t0;
     } *run = calloc(k, sizeof(*run));
     if (!run)
         die("out of memory");
-    uint64_t started = 0, done = 0, t_begin = now_ns(), deadline = 0;
-    uint64_t hard = t_begin + sec_to_ns(o->timeout);
-    if (o->duration > 0)
-        deadline = t_begin + sec_to_ns(o->duration);
+    uint64_t started = 0, t_begin = now_ns();
+    uint64_t hard = t_begin + sec_to_ns(o->timeout), stop_starting = hard;
+    if (o->duration > 0 && t_begin + sec_to_ns(o->duration) < hard)
+        stop_starting = t_begin + sec_to_ns(o->duration);
     b->t_start = b->t_measure = t_begin;
     sample(o->daemon_pid, &b->d0);
     sample(o->node_pid, &b->n0);
     getrusage(RUSAGE_CHILDREN, &b->ru0);
     unsigned running = 0;
-    while (done < started || (started < n && (!deadline || now_ns() < deadline))) {
-        while (running < k && started < n && (!deadline || now_ns() < deadline)) {
+    bool killing = false;
+    for (;;) {
+        uint64_t t = now_ns();
+        while (!killing && running < k && started < n && t < stop_starting) {
             unsigned slot = 0;
             while (run[slot].pid)
                 slot++;
-            run[slot].t0 = now_ns();
+            run[slot].t0 = t;
+            started++;
             int r = posix_spawnp(&run[slot].pid, child[0], &fa, &attr, child, environ);
             if (r != 0) {
-                note_error(b, &b->err.connect, "posix_spawn: %s", strerror(r));
+                note_error(b, &b->err.connect, "posix_spawn %s: %s", child[0], strerror(r));
                 run[slot].pid = 0;
-                started++;
-                done++;
-                continue;
+            } else {
+                running++;
             }
-            started++;
-            running++;
+            t = now_ns();
         }
         if (!running)
-            continue;
+            break;
+        if (!killing && t >= hard) {
+            killing = true;
+            for (unsigned i = 0; i < k; i++) {
+                if (run[i].pid) {
+                    kill(run[i].pid, SIGKILL);
+                    run[i].killed = true;
+                }
+            }
+        }
         int status;
         pid_t pid = waitpid(-1, &status, WNOHANG);
         if (pid == 0) {
-            uint64_t t = now_ns();
-            if (t >= hard) {
-                note_error(b, &b->err.timeout, "%u processes still running at --timeout: killed",
-                           running);
-                for (unsigned i = 0; i < k; i++)
-                    if (run[i].pid)
-                        kill(run[i].pid, SIGKILL);
-                n = started;
-                hard = UINT64_MAX;
-                continue;
-            }
-            struct timespec ts = {(time_t)((hard - t) / 1000000000u),
-                                  (long)((hard - t) % 1000000000u)};
+            /* A second at most, then the deadline is looked at again. */
+            uint64_t left = killing || hard - t > sec_to_ns(1) ? sec_to_ns(1) : hard - t;
+            struct timespec ts = {(time_t)(left / 1000000000u), (long)(left % 1000000000u)};
             (void)sigtimedwait(&chld, NULL, &ts);
             continue;
         }
@@ -1560,13 +1565,17 @@ static int run_spawn(struct bench *b, char *self)
                 continue;
             break;
         }
-        uint64_t t = now_ns();
+        t = now_ns();
         for (unsigned i = 0; i < k; i++) {
             if (run[i].pid != pid)
                 continue;
             run[i].pid = 0;
             running--;
-            done++;
+            if (run[i].killed) {
+                run[i].killed = false;
+                note_error(b, &b->err.timeout, "%s still running at --timeout: killed", child[0]);
+                break;
+            }
             b->completed++;
             b->t_last = t;
             hist_record(&b->hist, t - run[i].t0);
@@ -1578,7 +1587,7 @@ static int run_spawn(struct bench *b, char *self)
     b->issued = started;
     posix_spawnattr_destroy(&attr);
     posix_spawn_file_actions_destroy(&fa);
-    sigprocmask(SIG_UNBLOCK, &chld, NULL);
+    sigprocmask(SIG_SETMASK, &old, NULL);
     sample(o->daemon_pid, &b->d1);
     sample(o->node_pid, &b->n1);
     getrusage(RUSAGE_CHILDREN, &b->ru1);
@@ -1703,7 +1712,8 @@ static const char usage_text[] =
     "  --print                print each result to stdout (before the report)\n"
     "  --quiet                once: no report, only the exit status\n"
     "  -- PROGRAM [ARG]...    spawn: run this instead of " PROG " --mode once; exit\n"
-    "                         status 0 counts as a successful call\n"
+    "                         status 0 counts as a successful call; stdout is dropped;\n"
+    "                         what still runs at --timeout is killed (a timeout error)\n"
     "  --help                 show this and exit\n"
     "\n"
     "Exit status: 0 when every request succeeded, 1 when anything failed, 2 on bad usage.\n";
@@ -1807,7 +1817,8 @@ static void parse_opts(int argc, char **argv, struct opts *o)
     };
     bool have_duration = false;
     int ch;
-    while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+    /* "+": options end at the first other word, so a program's own options stay its own. */
+    while ((ch = getopt_long(argc, argv, "+", lo, NULL)) != -1) {
         switch (ch) {
         case O_TARGET:
             o->target = optarg;
@@ -1889,8 +1900,9 @@ static void parse_opts(int argc, char **argv, struct opts *o)
             exit(2);
         }
     }
-    if (optind < argc && o->mode != MODE_SPAWN)
-        die("unexpected argument \"%s\" (a program to run is for --mode spawn)", argv[optind]);
+    if (optind < argc && (o->mode != MODE_SPAWN || strcmp(argv[optind - 1], "--") != 0))
+        die("unexpected argument \"%s\" (a program to run goes after --, with --mode spawn)",
+            argv[optind]);
     if (optind < argc)
         o->spawn_argv = argv + optind;
     if (!o->target)

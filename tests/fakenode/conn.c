@@ -34,7 +34,7 @@
 #define HANDSHAKE_TIMEOUT_S 30
 #define CLOSE_TIMEOUT_S     5
 #define REORDER_FLUSH_MS    250
-/* Frames up to this size are written as one piece: over TLS one record, one write. */
+/* Frames up to this size (a TLS record's most) are written as one piece: one record, one write. */
 #define FRAME_ONE_PIECE (16u << 10)
 
 /* A reply waiting out its latency. */
@@ -271,7 +271,7 @@ static void conn_send_text(struct conn *c, struct evbuffer *buf)
         /* An OpenSSL bufferevent makes a record of every buffer chain, and writes each
          * alone: a head chain before the payload's chains would cost two records and
          * two writes per reply, where a node's own writer sends one. */
-        if (len <= FRAME_ONE_PIECE && evbuffer_reserve_space(out, hlen + len, &v, 1) == 1) {
+        if (hlen + len <= FRAME_ONE_PIECE && evbuffer_reserve_space(out, hlen + len, &v, 1) == 1) {
             memcpy(v.iov_base, head, hlen);
             evbuffer_copyout(buf, (char *)v.iov_base + hlen, len);
             v.iov_len = hlen + len;
