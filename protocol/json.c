@@ -281,7 +281,8 @@ static int scan_literal(const char *buf, size_t len, size_t *pos, const char *li
 }
 
 /* An object key at buf[*pos] and its colon; *pos ends at the start of the value. */
-static int scan_key(const char *buf, size_t len, size_t *pos)
+/* A member's key, the colon and the whitespace around it; *key_end: just past the key's quote. */
+static int scan_key(const char *buf, size_t len, size_t *pos, size_t *key_end)
 {
     size_t i = *pos;
     int rc;
@@ -291,6 +292,7 @@ static int scan_key(const char *buf, size_t len, size_t *pos)
     rc = scan_string(buf, len, &i);
     if (rc < 0)
         return rc;
+    *key_end = i;
     i = skip_ws(buf, len, i);
     if (i >= len || buf[i] != ':')
         return JSON_ERR_SYNTAX;
@@ -298,10 +300,40 @@ static int scan_key(const char *buf, size_t len, size_t *pos)
     return JSON_OK;
 }
 
-int json_scan_value(const char *buf, size_t len, size_t off, struct json_span *ret)
+/* Where scan_value records the members of a top-level object (json_validate_members). */
+struct member_log {
+    struct json_member *m;
+    size_t max;
+    size_t n;
+};
+
+static void log_key(struct member_log *log, size_t key, size_t key_end, size_t value)
+{
+    if (log->n < log->max) {
+        struct json_member *m = &log->m[log->n];
+
+        m->key = (struct json_span){key, key_end - key, JSON_STRING};
+        m->value = (struct json_span){value, 0, JSON_NONE};
+    }
+    log->n++;
+}
+
+static void log_value_end(struct member_log *log, const char *buf, size_t end)
+{
+    if (log->n - 1 < log->max) {
+        struct json_span *v = &log->m[log->n - 1].value;
+
+        v->len = end - v->off;
+        v->type = type_of(buf[v->off]);
+    }
+}
+
+/* json_scan_value; with a log, the members of a top-level object go into it as they pass. */
+static int scan_value(const char *buf, size_t len, size_t off, struct json_span *ret,
+                      struct member_log *log)
 {
     uint64_t stack[STACK_WORDS];
-    size_t depth = 0, start, i;
+    size_t depth = 0, start, i, key_end;
     int rc;
 
     if (off > len)
@@ -310,6 +342,8 @@ int json_scan_value(const char *buf, size_t len, size_t off, struct json_span *r
     if (i >= len)
         return JSON_ERR_EMPTY;
     start = i;
+    if (log && buf[i] != '{')
+        log = NULL;
     for (;;) {
         /* A value must start at buf[i]. */
         bool opened = false;
@@ -336,9 +370,13 @@ int json_scan_value(const char *buf, size_t len, size_t off, struct json_span *r
                 break;
             }
             if (obj) {
-                rc = scan_key(buf, len, &i);
+                size_t k = i;
+
+                rc = scan_key(buf, len, &i, &key_end);
                 if (rc < 0)
                     return rc;
+                if (log && depth == 1)
+                    log_key(log, k, key_end, i);
             }
             opened = true;
             break;
@@ -396,6 +434,8 @@ int json_scan_value(const char *buf, size_t len, size_t off, struct json_span *r
                 }
                 return JSON_OK;
             }
+            if (log && depth == 1)
+                log_value_end(log, buf, i);
             i = skip_ws(buf, len, i);
             if (i >= len)
                 return JSON_ERR_SYNTAX;
@@ -403,9 +443,13 @@ int json_scan_value(const char *buf, size_t len, size_t off, struct json_span *r
             if (buf[i] == ',') {
                 i = skip_ws(buf, len, i + 1);
                 if (obj) {
-                    rc = scan_key(buf, len, &i);
+                    size_t k = i;
+
+                    rc = scan_key(buf, len, &i, &key_end);
                     if (rc < 0)
                         return rc;
+                    if (log && depth == 1)
+                        log_key(log, k, key_end, i);
                 }
                 break;
             }
@@ -417,10 +461,15 @@ int json_scan_value(const char *buf, size_t len, size_t off, struct json_span *r
     }
 }
 
-int json_validate(const char *buf, size_t len, struct json_span *ret)
+int json_scan_value(const char *buf, size_t len, size_t off, struct json_span *ret)
+{
+    return scan_value(buf, len, off, ret, NULL);
+}
+
+static int validate(const char *buf, size_t len, struct json_span *ret, struct member_log *log)
 {
     struct json_span v;
-    int rc = json_scan_value(buf, len, 0, &v);
+    int rc = scan_value(buf, len, 0, &v, log);
 
     if (rc < 0)
         return rc;
@@ -429,6 +478,22 @@ int json_validate(const char *buf, size_t len, struct json_span *ret)
     if (ret)
         *ret = v;
     return JSON_OK;
+}
+
+int json_validate(const char *buf, size_t len, struct json_span *ret)
+{
+    return validate(buf, len, ret, NULL);
+}
+
+int json_validate_members(const char *buf, size_t len, struct json_span *ret,
+                          struct json_member *members, size_t max, size_t *ret_n)
+{
+    struct member_log log = {members, max, 0};
+    int rc = validate(buf, len, ret, &log);
+
+    if (rc == JSON_OK)
+        *ret_n = log.n;
+    return rc;
 }
 
 /*

@@ -52,6 +52,21 @@ int json_scan_value(const char *buf, size_t len, size_t off, struct json_span *r
 /* The whole buffer must be exactly one value with optional surrounding whitespace. */
 int json_validate(const char *buf, size_t len, struct json_span *ret);
 
+/* An object member: its key (with quotes) and its value. */
+struct json_member {
+    struct json_span key;
+    struct json_span value;
+};
+
+/*
+ * json_validate in the same single pass, and when the value is an object,
+ * its members in order in members[0..max): *ret_n gets how many it has, which
+ * may be more than max (those past max are not stored). Validating and then
+ * iterating would read a large value twice. *ret_n is set only on success.
+ */
+int json_validate_members(const char *buf, size_t len, struct json_span *ret,
+                          struct json_member *members, size_t max, size_t *ret_n);
+
 /*
  * Iterate over a validated object's members. *pos starts at 0; each call
  * stores the key span (including quotes) and value span and returns 1, or

@@ -45,6 +45,19 @@ static int skim(const char *buf, size_t size, size_t chunk, uint64_t *ret_id)
     return json_skim_id(&sk, ret_id);
 }
 
+static bool same_span(const struct json_span *a, const struct json_span *b)
+{
+    return a->off == b->off && a->len == b->len && a->type == b->type;
+}
+
+static bool same_msg(const struct jsonrpc_msg *a, const struct jsonrpc_msg *b)
+{
+    return a->kind == b->kind && same_span(&a->whole, &b->whole) && same_span(&a->id, &b->id) &&
+           same_span(&a->method, &b->method) && same_span(&a->params, &b->params) &&
+           same_span(&a->result, &b->result) && same_span(&a->error, &b->error) &&
+           same_span(&a->sub, &b->sub) && same_span(&a->sub_result, &b->sub_result);
+}
+
 static void check_msg(const char *buf, size_t size, const struct jsonrpc_msg *m)
 {
     check_span(&m->whole, size);
@@ -290,6 +303,10 @@ static void fuzz_json(const char *buf, size_t size, size_t chunk)
     uint64_t skim_id = 0, skim_id1 = 0, scan_id = 0;
     int rc = json_validate(buf, size, &v);
     int src = jsonrpc_scan(buf, size, &m);
+    struct json_member mem[4];
+    struct json_span whole;
+    size_t nmem = 0;
+    int mrc = json_validate_members(buf, size, &whole, mem, 4, &nmem);
     int k1 = skim(buf, size, 1, &skim_id1);
     int kc = skim(buf, size, chunk, &skim_id);
     size_t pos = 0;
@@ -304,9 +321,27 @@ static void fuzz_json(const char *buf, size_t size, size_t chunk)
         fprintf(stderr, "json_validate %d, reference %d\n", rc, ref_validate(buf, size));
     CHECK(rc == ref_validate(buf, size));
     CHECK((rc == 0) == (src != JSONRPC_PARSE_ERROR));
+    CHECK(mrc == rc);
     if (rc < 0)
         return;
     check_span(&v, size);
+
+    /* One pass finds the members the iterator finds after validation, and the envelope too. */
+    {
+        struct json_span key;
+        struct jsonrpc_msg two;
+        size_t i = 0;
+
+        CHECK(same_span(&whole, &v));
+        while (v.type == JSON_OBJECT && json_object_next(buf, &v, &pos, &key, &e) == 1) {
+            CHECK(i >= 4 || (same_span(&mem[i].key, &key) && same_span(&mem[i].value, &e)));
+            i++;
+        }
+        CHECK(nmem == i);
+        pos = 0;
+        CHECK(jsonrpc_scan_span(buf, &v, &two) == src);
+        CHECK(same_msg(&m, &two));
+    }
     CHECK(json_scan_value(buf, size, 0, &again) == 0);
     CHECK(again.off == v.off && again.len == v.len && again.type == v.type);
 

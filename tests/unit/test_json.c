@@ -367,6 +367,85 @@ static void test_object_next(void **state)
     assert_int_equal(json_object_next("[1]", &obj, &pos, &k, &v), 0);
 }
 
+/* json_validate_members reports what validating and then iterating would, in one pass. */
+static void check_members(const char *doc, size_t max)
+{
+    struct json_member mem[8], sentinel = {{7, 7, JSON_TRUE}, {7, 7, JSON_TRUE}};
+    struct json_span whole, again, k, v;
+    size_t n = 99, pos = 0, i = 0;
+
+    for (size_t j = 0; j < 8; j++)
+        mem[j] = sentinel;
+    assert_int_equal(json_validate_members(doc, strlen(doc), &whole, mem, max, &n), 0);
+    assert_int_equal(json_validate(doc, strlen(doc), &again), 0);
+    assert_span(&whole, again.off, again.len, again.type);
+    while (whole.type == JSON_OBJECT && json_object_next(doc, &whole, &pos, &k, &v) == 1) {
+        if (i < max) {
+            assert_span(&mem[i].key, k.off, k.len, k.type);
+            assert_span(&mem[i].value, v.off, v.len, v.type);
+        }
+        i++;
+    }
+    if (n != i)
+        print_error("\"%s\": %zu members, the iterator finds %zu\n", doc, n, i);
+    assert_int_equal(n, i);
+    /* Nothing is written past max. */
+    for (size_t j = n < max ? n : max; j < 8; j++) {
+        assert_span(&mem[j].key, 7, 7, JSON_TRUE);
+        assert_span(&mem[j].value, 7, 7, JSON_TRUE);
+    }
+}
+
+static void test_validate_members(void **state)
+{
+    static const char *const docs[] = {
+        " { \"a\" : 1 , \"b\":[1,{\"c\":\"}\"}], \"d\\\"\":\"x,y\" ,\"e\":{} } ",
+        "{}",
+        "{ }",
+        "{\"a\":{}}",
+        "{\"a\":[]}",
+        "{\"a\":{\"b\":{\"c\":1},\"d\":2},\"e\":3}",
+        "{\"t\":true,\"f\":false,\"n\":null,\"x\":-1.5e3,\"s\":\"\\u00e9\\n\",\"z\":0}",
+        "{\"a\":1,\"a\":2,\"a\":[3]}",
+        "{\"jsonrpc\":\"2.0\",\"id\":7,\"result\":\"0x00\"}\n",
+        "[{\"a\":1},{\"b\":2}]",
+        "\"a string\"",
+        "42",
+    };
+
+    (void)state;
+    for (size_t k = 0; k < sizeof(docs) / sizeof(docs[0]); k++) {
+        check_members(docs[k], 8);
+        check_members(docs[k], 2); /* more members than room: counted, the first ones kept */
+        check_members(docs[k], 0);
+    }
+}
+
+static void test_validate_members_errors(void **state)
+{
+    static const struct vcase bad[] = {
+        {"{\"a\":1,}", 0, JSON_ERR_SYNTAX},
+        {"{\"a\" 1}", 0, JSON_ERR_SYNTAX},
+        {"{\"a\":1}}", 0, JSON_ERR_TRAILING},
+        {"{\"a\":\"\xff\"}", 0, JSON_ERR_UTF8},
+        {"{\"a\":\"\\ud800\"}", 0, JSON_ERR_SURROGATE},
+        {"{\"a\":[1,2}", 0, JSON_ERR_SYNTAX},
+        {"  ", 0, JSON_ERR_EMPTY},
+    };
+    struct json_member mem[4];
+    struct json_span whole;
+
+    (void)state;
+    for (size_t k = 0; k < sizeof(bad) / sizeof(bad[0]); k++) {
+        size_t n = 99;
+
+        assert_int_equal(
+            json_validate_members(bad[k].text, strlen(bad[k].text), &whole, mem, 4, &n),
+            bad[k].want);
+        assert_int_equal(n, 99); /* untouched on failure */
+    }
+}
+
 static void test_array_next(void **state)
 {
     static const char doc[] = "[ 1, \"a]\" ,{\"b\":[2]},null,-0.5e3,true,[[]] ]";
@@ -561,13 +640,22 @@ static void test_skim_huge(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_scalars_spans), cmocka_unit_test(test_numbers),
-        cmocka_unit_test(test_syntax),        cmocka_unit_test(test_escapes),
-        cmocka_unit_test(test_surrogates),    cmocka_unit_test(test_utf8),
-        cmocka_unit_test(test_depth),         cmocka_unit_test(test_huge_string),
-        cmocka_unit_test(test_scan_value),    cmocka_unit_test(test_object_next),
-        cmocka_unit_test(test_array_next),    cmocka_unit_test(test_string_eq_u64),
-        cmocka_unit_test(test_strerror),      cmocka_unit_test(test_skim_cases),
+        cmocka_unit_test(test_scalars_spans),
+        cmocka_unit_test(test_numbers),
+        cmocka_unit_test(test_syntax),
+        cmocka_unit_test(test_escapes),
+        cmocka_unit_test(test_surrogates),
+        cmocka_unit_test(test_utf8),
+        cmocka_unit_test(test_depth),
+        cmocka_unit_test(test_huge_string),
+        cmocka_unit_test(test_scan_value),
+        cmocka_unit_test(test_object_next),
+        cmocka_unit_test(test_validate_members),
+        cmocka_unit_test(test_validate_members_errors),
+        cmocka_unit_test(test_array_next),
+        cmocka_unit_test(test_string_eq_u64),
+        cmocka_unit_test(test_strerror),
+        cmocka_unit_test(test_skim_cases),
         cmocka_unit_test(test_skim_huge),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

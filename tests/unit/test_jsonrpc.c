@@ -227,6 +227,25 @@ static void test_duplicates(void **state)
         jsonrpc_scan(LIT("{\"jsonrpc\":\"2.0\",\"id\":3,\"result\":{\"id\":4,\"id\":5}}"), &r), 0);
 }
 
+/* Envelopes with more members than jsonrpc_scan keeps from its one pass are judged alike. */
+static void test_many_members(void **state)
+{
+    static const char ok[] = "{\"a\":1,\"b\":2,\"c\":3,\"d\":4,\"e\":5,\"f\":6,\"g\":7,"
+                             "\"jsonrpc\":\"2.0\",\"result\":[8],\"id\":9}";
+    static const char dup[] = "{\"id\":1,\"a\":1,\"b\":2,\"c\":3,\"d\":4,\"e\":5,\"f\":6,\"g\":7,"
+                              "\"jsonrpc\":\"2.0\",\"result\":0,\"id\":2}";
+    struct jsonrpc_msg r;
+
+    (void)state;
+    assert_int_equal(jsonrpc_scan(LIT(ok), &r), 0);
+    assert_int_equal(r.kind, JSONRPC_KIND_RESPONSE);
+    assert_span(&r.result, sizeof(ok) - 12, 3, JSON_ARRAY);
+    assert_span(&r.id, sizeof(ok) - 3, 1, JSON_NUMBER);
+    /* The eleventh member duplicates the first: invalid, and the first id is kept. */
+    assert_int_equal(jsonrpc_scan(LIT(dup), &r), JSONRPC_INVALID_REQUEST);
+    assert_span(&r.id, 6, 1, JSON_NUMBER);
+}
+
 static void test_invalid_keeps_id(void **state)
 {
     static const char a[] = "{\"jsonrpc\":\"1.0\",\"method\":\"m\",\"id\":\"x-9\"}";
@@ -527,14 +546,15 @@ static void test_method_flags(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_request),           cmocka_unit_test(test_notification),
-        cmocka_unit_test(test_response),          cmocka_unit_test(test_ids),
-        cmocka_unit_test(test_invalid),           cmocka_unit_test(test_duplicates),
-        cmocka_unit_test(test_invalid_keeps_id),  cmocka_unit_test(test_escaped_keys),
-        cmocka_unit_test(test_parse_error),       cmocka_unit_test(test_batch),
-        cmocka_unit_test(test_format_u64),        cmocka_unit_test(test_error_objects),
-        cmocka_unit_test(test_error_truncation),  cmocka_unit_test(test_escape),
-        cmocka_unit_test(test_escape_truncation), cmocka_unit_test(test_method_flags),
+        cmocka_unit_test(test_request),       cmocka_unit_test(test_notification),
+        cmocka_unit_test(test_response),      cmocka_unit_test(test_ids),
+        cmocka_unit_test(test_invalid),       cmocka_unit_test(test_duplicates),
+        cmocka_unit_test(test_many_members),  cmocka_unit_test(test_invalid_keeps_id),
+        cmocka_unit_test(test_escaped_keys),  cmocka_unit_test(test_parse_error),
+        cmocka_unit_test(test_batch),         cmocka_unit_test(test_format_u64),
+        cmocka_unit_test(test_error_objects), cmocka_unit_test(test_error_truncation),
+        cmocka_unit_test(test_escape),        cmocka_unit_test(test_escape_truncation),
+        cmocka_unit_test(test_method_flags),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
