@@ -396,6 +396,52 @@ static void check_members(const char *doc, size_t max)
     }
 }
 
+/*
+ * Every position of every kind of byte that stops a run of plain string bytes, across the
+ * 16- and 8-byte blocks the scanner reads: the verdict is the byte's, wherever it sits.
+ */
+static void test_string_blocks(void **state)
+{
+    static const struct {
+        const char *bytes;
+        int want;
+    } kinds[] = {
+        {"\"", JSON_ERR_TRAILING}, /* ends the string early; the rest is junk */
+        {"\\n", 0},
+        {"\\u00e9", 0},
+        {"\x1f", JSON_ERR_SYNTAX},
+        {"\x7f", 0}, /* DEL is allowed */
+        {"\xc3\xa9", 0},
+        {"\xe2\x82\xac", 0},
+        {"\xff", JSON_ERR_UTF8},
+        {"\xc3", JSON_ERR_UTF8},
+    };
+    char doc[128];
+
+    (void)state;
+    for (size_t k = 0; k < sizeof(kinds) / sizeof(kinds[0]); k++) {
+        for (size_t before = 0; before <= 40; before++) {
+            for (size_t after = 0; after <= 20; after += 19) {
+                size_t n = 0, b = strlen(kinds[k].bytes);
+                int rc;
+
+                doc[n++] = '"';
+                memset(doc + n, 'a', before);
+                n += before;
+                memcpy(doc + n, kinds[k].bytes, b);
+                n += b;
+                memset(doc + n, 'z', after);
+                n += after;
+                doc[n++] = '"';
+                rc = json_validate(doc, n, NULL);
+                if (rc != kinds[k].want)
+                    print_error("kind %zu at %zu (+%zu after): got %d\n", k, before, after, rc);
+                assert_int_equal(rc, kinds[k].want);
+            }
+        }
+    }
+}
+
 static void test_validate_members(void **state)
 {
     static const char *const docs[] = {
@@ -650,6 +696,7 @@ int main(void)
         cmocka_unit_test(test_huge_string),
         cmocka_unit_test(test_scan_value),
         cmocka_unit_test(test_object_next),
+        cmocka_unit_test(test_string_blocks),
         cmocka_unit_test(test_validate_members),
         cmocka_unit_test(test_validate_members_errors),
         cmocka_unit_test(test_array_next),
