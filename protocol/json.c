@@ -315,8 +315,10 @@ static int scan_literal(const char *buf, size_t len, size_t *pos, const char *li
     return JSON_OK;
 }
 
-/* An object key at buf[*pos] and its colon; *pos ends at the start of the value. */
-/* A member's key, the colon and the whitespace around it; *key_end: just past the key's quote. */
+/*
+ * An object key at buf[*pos] and its colon; *pos ends at the start of the value,
+ * *key_end just past the key's closing quote.
+ */
 static int scan_key(const char *buf, size_t len, size_t *pos, size_t *key_end)
 {
     size_t i = *pos;
