@@ -619,7 +619,7 @@ class Bench:
         paths += self.floor_path()
         # Separate processes only: the shipped CLI (what a shell script runs; it loads no TLS
         # library), and a process that does nothing, which bounds every path from below.
-        spawn_only = [(PROC_START, self.node_direct.url, None, None, [shutil.which("true") or "true"])]
+        spawn_only = [(PROC_START, self.node_direct.url, None, None, ["true"])]
         if self.node_tls:
             spawn_only.insert(0, (TLS_SUB_CLI, self.sub_tls.target, self.sub_tls.pid,
                                   self.node_tls,

@@ -1489,16 +1489,16 @@ static int run_spawn(struct bench *b, char *self)
     /* SIGCHLD is blocked here and awaited with a deadline, so a child that hangs cannot
      * hold the run past --timeout. Children start with nothing blocked and SIGPIPE at its
      * default, whatever this process does with them. */
-    sigset_t chld, none, old, pipe;
+    sigset_t chld, none, old, dfl;
     sigemptyset(&chld);
     sigemptyset(&none);
-    sigemptyset(&pipe);
+    sigemptyset(&dfl);
     sigaddset(&chld, SIGCHLD);
-    sigaddset(&pipe, SIGPIPE);
+    sigaddset(&dfl, SIGPIPE);
     sigprocmask(SIG_BLOCK, &chld, &old);
     posix_spawnattr_t attr;
     if (posix_spawnattr_init(&attr) != 0 || posix_spawnattr_setsigmask(&attr, &none) != 0 ||
-        posix_spawnattr_setsigdefault(&attr, &pipe) != 0 ||
+        posix_spawnattr_setsigdefault(&attr, &dfl) != 0 ||
         posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF) != 0)
         die("posix_spawnattr: out of memory");
     /* A child's output would corrupt the report on stdout; its stderr still shows. */

@@ -337,32 +337,25 @@ static int scan_key(const char *buf, size_t len, size_t *pos, size_t *key_end)
     return JSON_OK;
 }
 
-/* Where scan_value records the members of a top-level object (json_validate_members). */
+/* Where scan_value reports the members of a top-level object (json_validate_members). */
 struct member_log {
-    struct json_member *m;
-    size_t max;
-    size_t n;
+    json_member_fn *fn;
+    void *arg;
+    struct json_span key; /* of the member whose value is being scanned */
+    size_t value;         /* where that value starts */
 };
 
 static void log_key(struct member_log *log, size_t key, size_t key_end, size_t value)
 {
-    if (log->n < log->max) {
-        struct json_member *m = &log->m[log->n];
-
-        m->key = (struct json_span){key, key_end - key, JSON_STRING};
-        m->value = (struct json_span){value, 0, JSON_NONE};
-    }
-    log->n++;
+    log->key = (struct json_span){key, key_end - key, JSON_STRING};
+    log->value = value;
 }
 
 static void log_value_end(struct member_log *log, const char *buf, size_t end)
 {
-    if (log->n - 1 < log->max) {
-        struct json_span *v = &log->m[log->n - 1].value;
+    struct json_span v = {log->value, end - log->value, type_of(buf[log->value])};
 
-        v->len = end - v->off;
-        v->type = type_of(buf[v->off]);
-    }
+    log->fn(log->arg, &log->key, &v);
 }
 
 /* json_scan_value; with a log, the members of a top-level object go into it as they pass. */
@@ -522,15 +515,12 @@ int json_validate(const char *buf, size_t len, struct json_span *ret)
     return validate(buf, len, ret, NULL);
 }
 
-int json_validate_members(const char *buf, size_t len, struct json_span *ret,
-                          struct json_member *members, size_t max, size_t *ret_n)
+int json_validate_members(const char *buf, size_t len, struct json_span *ret, json_member_fn *fn,
+                          void *arg)
 {
-    struct member_log log = {members, max, 0};
-    int rc = validate(buf, len, ret, &log);
+    struct member_log log = {.fn = fn, .arg = arg};
 
-    if (rc == JSON_OK)
-        *ret_n = log.n;
-    return rc;
+    return validate(buf, len, ret, &log);
 }
 
 /*

@@ -52,20 +52,17 @@ int json_scan_value(const char *buf, size_t len, size_t off, struct json_span *r
 /* The whole buffer must be exactly one value with optional surrounding whitespace. */
 int json_validate(const char *buf, size_t len, struct json_span *ret);
 
-/* An object member: its key (with quotes) and its value. */
-struct json_member {
-    struct json_span key;
-    struct json_span value;
-};
+/* One member of a top-level object: its key span (with quotes) and its value span. */
+typedef void json_member_fn(void *arg, const struct json_span *key, const struct json_span *value);
 
 /*
- * json_validate in the same single pass, and when the value is an object,
- * its members in order in members[0..max): *ret_n gets how many it has, which
- * may be more than max (those past max are not stored). Validating and then
- * iterating would read a large value twice. *ret_n is set only on success.
+ * json_validate, and in the same pass, when the value is an object, fn(arg, ...)
+ * for each of its members in order (validating and then iterating would read a
+ * large value twice). fn runs as members pass, before the verdict: on an error
+ * return, what it was told is to be thrown away.
  */
-int json_validate_members(const char *buf, size_t len, struct json_span *ret,
-                          struct json_member *members, size_t max, size_t *ret_n);
+int json_validate_members(const char *buf, size_t len, struct json_span *ret, json_member_fn *fn,
+                          void *arg);
 
 /*
  * Iterate over a validated object's members. *pos starts at 0; each call

@@ -81,18 +81,23 @@ static bool is_present(const struct json_span *s)
  * Members are collected first and judged after (envelope_judge): the id must be
  * found even when an earlier member is bad.
  */
-static void envelope_collect(const char *buf, const struct json_span *key,
-                             const struct json_span *val, struct json_span f[FIELD_COUNT],
-                             bool *bad)
+struct envelope {
+    const char *buf;
+    struct json_span f[FIELD_COUNT];
+    bool bad;
+};
+
+static void envelope_collect(void *arg, const struct json_span *key, const struct json_span *val)
 {
-    int k = envelope_field(buf, key);
+    struct envelope *e = arg;
+    int k = envelope_field(e->buf, key);
 
     if (k < 0)
         return;
-    if (is_present(&f[k]))
-        *bad = true; /* duplicate: the first one is kept for the echo */
+    if (is_present(&e->f[k]))
+        e->bad = true; /* duplicate: the first one is kept for the echo */
     else
-        f[k] = *val;
+        e->f[k] = *val;
 }
 
 static int envelope_judge(const char *buf, const struct json_span *elem,
@@ -146,45 +151,41 @@ static int envelope_judge(const char *buf, const struct json_span *elem,
     return bad ? JSONRPC_INVALID_REQUEST : 0;
 }
 
-int jsonrpc_scan_span(const char *buf, const struct json_span *elem, struct jsonrpc_msg *ret)
+/* Not an object: invalid, with nothing found but the element itself. */
+static int envelope_not_object(const struct json_span *elem, struct jsonrpc_msg *ret)
 {
-    struct json_span f[FIELD_COUNT], key, val;
-    size_t pos = 0;
-    bool bad = false;
-
-    if (elem->type != JSON_OBJECT) {
-        memset(ret, 0, sizeof(*ret));
-        ret->whole = *elem;
-        return JSONRPC_INVALID_REQUEST;
-    }
-    memset(f, 0, sizeof(f));
-    while (json_object_next(buf, elem, &pos, &key, &val) == 1)
-        envelope_collect(buf, &key, &val, f, &bad);
-    return envelope_judge(buf, elem, f, bad, ret);
+    memset(ret, 0, sizeof(*ret));
+    ret->whole = *elem;
+    return JSONRPC_INVALID_REQUEST;
 }
 
-/* Members an envelope usually has; one with more is walked again by jsonrpc_scan_span. */
-#define ENVELOPE_MEMBERS_MAX 8
+int jsonrpc_scan_span(const char *buf, const struct json_span *elem, struct jsonrpc_msg *ret)
+{
+    struct envelope e = {.buf = buf};
+    struct json_span key, val;
+    size_t pos = 0;
+
+    if (elem->type != JSON_OBJECT)
+        return envelope_not_object(elem, ret);
+    while (json_object_next(buf, elem, &pos, &key, &val) == 1)
+        envelope_collect(&e, &key, &val);
+    return envelope_judge(buf, elem, e.f, e.bad, ret);
+}
 
 int jsonrpc_scan(const char *buf, size_t len, struct jsonrpc_msg *ret)
 {
-    struct json_member mem[ENVELOPE_MEMBERS_MAX];
-    struct json_span whole, f[FIELD_COUNT];
-    size_t n;
-    bool bad = false;
+    struct envelope e = {.buf = buf};
+    struct json_span whole;
 
     /* One pass validates and finds the members: a large result is not read twice. */
-    if (json_validate_members(buf, len, &whole, mem, ENVELOPE_MEMBERS_MAX, &n) < 0) {
+    if (json_validate_members(buf, len, &whole, envelope_collect, &e) < 0) {
         /* Cleared, not left alone: callers pick the id before looking at the code. */
         memset(ret, 0, sizeof(*ret));
         return JSONRPC_PARSE_ERROR;
     }
-    if (whole.type != JSON_OBJECT || n > ENVELOPE_MEMBERS_MAX)
-        return jsonrpc_scan_span(buf, &whole, ret);
-    memset(f, 0, sizeof(f));
-    for (size_t i = 0; i < n; i++)
-        envelope_collect(buf, &mem[i].key, &mem[i].value, f, &bad);
-    return envelope_judge(buf, &whole, f, bad, ret);
+    if (whole.type != JSON_OBJECT)
+        return envelope_not_object(&whole, ret);
+    return envelope_judge(buf, &whole, e.f, e.bad, ret);
 }
 
 bool jsonrpc_is_batch(const char *buf, size_t len)

@@ -58,6 +58,24 @@ static bool same_msg(const struct jsonrpc_msg *a, const struct jsonrpc_msg *b)
            same_span(&a->sub, &b->sub) && same_span(&a->sub_result, &b->sub_result);
 }
 
+/* The first MEMBERS_KEPT members json_validate_members reported, and how many in all. */
+#define MEMBERS_KEPT 8
+struct members {
+    size_t n;
+    struct json_span key[MEMBERS_KEPT], value[MEMBERS_KEPT];
+};
+
+static void see_member(void *arg, const struct json_span *key, const struct json_span *value)
+{
+    struct members *m = arg;
+
+    if (m->n < MEMBERS_KEPT) {
+        m->key[m->n] = *key;
+        m->value[m->n] = *value;
+    }
+    m->n++;
+}
+
 static void check_msg(const char *buf, size_t size, const struct jsonrpc_msg *m)
 {
     check_span(&m->whole, size);
@@ -303,10 +321,9 @@ static void fuzz_json(const char *buf, size_t size, size_t chunk)
     uint64_t skim_id = 0, skim_id1 = 0, scan_id = 0;
     int rc = json_validate(buf, size, &v);
     int src = jsonrpc_scan(buf, size, &m);
-    struct json_member mem[4];
+    struct members seen = {0};
     struct json_span whole;
-    size_t nmem = 0;
-    int mrc = json_validate_members(buf, size, &whole, mem, 4, &nmem);
+    int mrc = json_validate_members(buf, size, &whole, see_member, &seen);
     int k1 = skim(buf, size, 1, &skim_id1);
     int kc = skim(buf, size, chunk, &skim_id);
     size_t pos = 0;
@@ -334,10 +351,11 @@ static void fuzz_json(const char *buf, size_t size, size_t chunk)
 
         CHECK(same_span(&whole, &v));
         while (v.type == JSON_OBJECT && json_object_next(buf, &v, &pos, &key, &e) == 1) {
-            CHECK(i >= 4 || (same_span(&mem[i].key, &key) && same_span(&mem[i].value, &e)));
+            CHECK(i >= MEMBERS_KEPT ||
+                  (same_span(&seen.key[i], &key) && same_span(&seen.value[i], &e)));
             i++;
         }
-        CHECK(nmem == i);
+        CHECK(seen.n == i);
         pos = 0;
         CHECK(jsonrpc_scan_span(buf, &v, &two) == src);
         CHECK(same_msg(&m, &two));
