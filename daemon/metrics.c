@@ -12,24 +12,24 @@
 #include "session.h"
 #include "upstream.h"
 
-#define METHOD_SLOTS 512 /* hash slots; at most half are used */
-#define METHOD_MAX   256 /* distinct names kept, the rest are "(other)" */
+#include "methods.h"
 
 static const double bucket_le[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
                                    0.05,   0.1,     0.25,   0.5,   1,      2.5,   5,    10};
 #define N_BUCKETS (sizeof(bucket_le) / sizeof(bucket_le[0]))
 
+/* Slots: 0 is "(invalid)", 1 "(other)", then one per known method name. */
+#define SLOT_OTHER 1
+#define SLOT_KNOWN 2
+#define N_SLOTS    (SLOT_KNOWN + METHOD_KNOWN_COUNT)
+
 struct method_stat {
-    char *name;
-    size_t len;
     uint64_t requests;
     uint64_t errors;
 };
 
 struct metrics {
-    struct method_stat methods[METHOD_MAX + 2]; /* [0] invalid, [METHOD_MAX + 1] other */
-    unsigned n_methods;
-    uint16_t slots[METHOD_SLOTS]; /* hash -> index into methods, 0 = empty */
+    struct method_stat methods[N_SLOTS];
     uint64_t buckets[N_BUCKETS];
     uint64_t count;
     double sum;
@@ -37,54 +37,20 @@ struct metrics {
 
 struct metrics *metrics_new(void)
 {
-    struct metrics *m = calloc(1, sizeof(*m));
-    if (!m)
-        return NULL;
-    m->methods[0].name = NULL;
-    m->n_methods = 1;
-    return m;
+    return calloc(1, sizeof(struct metrics));
 }
 
 struct metrics *metrics_free(struct metrics *m)
 {
-    if (!m)
-        return NULL;
-    for (unsigned i = 0; i < m->n_methods; i++)
-        free(m->methods[i].name);
     free(m);
     return NULL;
 }
 
-static uint32_t hash(const char *p, size_t len)
-{
-    uint32_t h = 2166136261u; /* FNV-1a */
-    for (size_t i = 0; i < len; i++)
-        h = (h ^ (unsigned char)p[i]) * 16777619u;
-    return h;
-}
-
 unsigned metrics_method(struct metrics *m, const char *name, size_t len)
 {
-    uint32_t i = hash(name, len) & (METHOD_SLOTS - 1);
-
-    for (;; i = (i + 1) & (METHOD_SLOTS - 1)) {
-        unsigned k = m->slots[i];
-        if (!k)
-            break;
-        if (m->methods[k].len == len && memcmp(m->methods[k].name, name, len) == 0)
-            return k;
-    }
-    if (m->n_methods > METHOD_MAX)
-        return METHOD_MAX + 1;
-    struct method_stat *st = &m->methods[m->n_methods];
-    st->name = malloc(len + 1);
-    if (!st->name)
-        return METHOD_MAX + 1;
-    memcpy(st->name, name, len);
-    st->name[len] = '\0';
-    st->len = len;
-    m->slots[i] = (uint16_t)m->n_methods;
-    return m->n_methods++;
+    int k = method_known(name, len);
+    (void)m;
+    return k < 0 ? SLOT_OTHER : SLOT_KNOWN + (unsigned)k;
 }
 
 void metrics_count_request(struct metrics *m, unsigned slot)
@@ -110,40 +76,39 @@ void metrics_observe(struct metrics *m, uint64_t ns)
 /* A label value: backslash, quote and newline escaped as the format requires. */
 static void add_label(struct evbuffer *out, const char *p, size_t len)
 {
+    size_t from = 0;
+
     for (size_t i = 0; i < len; i++) {
-        if (p[i] == '\\' || p[i] == '"')
-            evbuffer_add_printf(out, "\\%c", p[i]);
-        else if (p[i] == '\n')
-            evbuffer_add(out, "\\n", 2);
-        else
-            evbuffer_add(out, &p[i], 1);
+        const char *esc = p[i] == '\\'   ? "\\\\"
+                          : p[i] == '"'  ? "\\\""
+                          : p[i] == '\n' ? "\\n"
+                                         : NULL;
+        if (!esc)
+            continue;
+        evbuffer_add(out, p + from, i - from);
+        evbuffer_add(out, esc, 2);
+        from = i + 1;
     }
+    evbuffer_add(out, p + from, len - from);
 }
 
-static const char *method_name(const struct metrics *m, unsigned k, size_t *ret_len)
+static const char *method_name(unsigned k)
 {
-    const char *name = k == 0 ? "(invalid)" : k == METHOD_MAX + 1 ? "(other)" : m->methods[k].name;
-    *ret_len = k == 0 || k == METHOD_MAX + 1 ? strlen(name) : m->methods[k].len;
-    return name;
+    return k == METRICS_METHOD_INVALID ? "(invalid)"
+           : k == SLOT_OTHER           ? "(other)"
+                                       : method_known_name(k - SLOT_KNOWN);
 }
 
 static void render_methods(const struct metrics *m, struct evbuffer *out, const char *metric,
                            const char *help, int errors)
 {
     evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s counter\n", metric, help, metric);
-    for (unsigned k = 0; k <= METHOD_MAX + 1; k++) {
+    for (unsigned k = 0; k < N_SLOTS; k++) {
         const struct method_stat *st = &m->methods[k];
         uint64_t v = errors ? st->errors : st->requests;
-        size_t len;
-        const char *name;
-        if (k >= m->n_methods && k != METHOD_MAX + 1)
-            continue;
-        if (!v)
-            continue;
-        name = method_name(m, k, &len);
-        evbuffer_add_printf(out, "%s{method=\"", metric);
-        add_label(out, name, len);
-        evbuffer_add_printf(out, "\"} %llu\n", (unsigned long long)v);
+        if (v)
+            evbuffer_add_printf(out, "%s{method=\"%s\"} %llu\n", metric, method_name(k),
+                                (unsigned long long)v);
     }
 }
 

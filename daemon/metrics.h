@@ -1,8 +1,8 @@
 /*
  * Counters for GET /metrics that the stats struct does not hold: requests
  * and errors by method and the latency of routed requests. Method names
- * come from clients, so the table is bounded; names past the bound are
- * counted as "(other)".
+ * come from clients, so only known names (methods.h) get a label of their
+ * own; every other name is counted as "(other)" and never stored.
  */
 #pragma once
 

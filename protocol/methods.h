@@ -32,3 +32,12 @@ unsigned method_flags(const char *name, size_t len);
 
 /* The table entry of a method, or NULL for methods without one (subpool_* included). */
 const struct method_info *method_lookup(const char *name, size_t len);
+
+/*
+ * Method names known by name, for labels that must not grow with client
+ * input: the index of name among them, or -1.
+ */
+#define METHOD_KNOWN_COUNT 164
+int method_known(const char *name, size_t len);
+/* The name with that index, or NULL past the end. */
+const char *method_known_name(unsigned i);

@@ -347,8 +347,9 @@ def status_counts(d, node):
 
 
 def requests_for(d, method) -> int:
-    """subpool_requests_total for one method (0 when absent): a method name used only by
-    a hostile request shows whether the daemon ever took it for a request."""
+    """subpool_requests_total for one method (0 when absent): a known method name (only
+    those get a label) used only by a hostile request shows whether the daemon ever took it
+    for a request."""
     prefix = 'subpool_requests_total{method="%s"} ' % method
     for line in metrics_text(d).splitlines():
         if line.startswith(prefix):
