@@ -70,12 +70,31 @@ static const struct config_key config_keys[] = {
      LIVE},
     {"max_clients", CONFIG_UINT, OFF(max_clients), 1, 1000000, "16384",
      "local connections accepted at once", LIVE},
+    {"max_clients_per_uid", CONFIG_UINT, OFF(max_clients_per_uid), 0, 1000000, "4096",
+     "local connections one user (uid) may hold at once; TCP clients count as one user; "
+     "0: no cap",
+     LIVE},
+    {"handshake_timeout", CONFIG_DURATION, OFF(handshake_timeout_ms), 100, 3600000, "10s",
+     "a new connection must send its first request (NDJSON line, HTTP head or WebSocket "
+     "upgrade) within this, and every HTTP request head must be complete within it",
+     LIVE},
+    {"client_idle_timeout", CONFIG_DURATION, OFF(client_idle_timeout_ms), 0, 604800000, "0",
+     "close a client that sends nothing for this long while it has no request outstanding "
+     "and no subscription; 0: never",
+     LIVE},
     {"client_max_in_flight", CONFIG_UINT, OFF(client_max_in_flight), 1, 1000000, "1024",
      "outstanding requests per client before its socket is no longer read", LIVE},
     {"client_max_pending", CONFIG_SIZE, OFF(client_max_pending), 65536, (uint64_t)1 << 36, "64M",
      "request bytes a client may have outstanding before its socket is no longer read", LIVE},
     {"client_max_output", CONFIG_SIZE, OFF(client_max_output), 65536, (uint64_t)1 << 36, "256M",
-     "unread reply bytes a client may hold before it is disconnected", LIVE},
+     "unread reply bytes a client may hold before it is disconnected; from half of it on, "
+     "the client is not read",
+     LIVE},
+    {"max_client_memory", CONFIG_SIZE, OFF(max_client_memory), 0, (uint64_t)1 << 40, "0",
+     "bytes the daemon holds for all clients together (input, requests, replies, "
+     "subscriptions); over it the largest are disconnected. 0: a quarter of the host's "
+     "memory, between 256M and 4G",
+     LIVE},
     {"connect_timeout", CONFIG_DURATION, OFF(connect_timeout_ms), 100, 600000, "10s",
      "bound on name resolution, TCP connect and websocket upgrade", LIVE},
     {"ping_interval", CONFIG_DURATION, OFF(ping_interval_ms), 0, 3600000, "30s",

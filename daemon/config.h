@@ -28,9 +28,13 @@ struct config {
     unsigned max_batch;
     unsigned max_subs_per_upstream;
     unsigned max_clients;
+    unsigned max_clients_per_uid; /* 0: off */
+    unsigned handshake_timeout_ms;
+    unsigned client_idle_timeout_ms; /* 0: off */
     unsigned client_max_in_flight;
     uint64_t client_max_output;
     uint64_t client_max_pending;
+    uint64_t max_client_memory; /* 0: sized from the host (account_budget) */
     unsigned connect_timeout_ms;
     unsigned ping_interval_ms;
     unsigned pong_timeout_ms;

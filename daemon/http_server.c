@@ -35,6 +35,8 @@ static const char *status_text(int status)
         return "Not Found";
     case 405:
         return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
     case 411:
         return "Length Required";
     case 413:
@@ -194,7 +196,12 @@ static int parse_head(struct session *s, struct http_head *h)
         evbuffer_drain(in, len); /* a truncated head that will never complete */
         return -1;
     }
-    return r;
+    if (r == 0) {
+        session_head_due(s);
+        return 0;
+    }
+    session_head_done(s);
+    return 1;
 }
 
 void http_session_detect(struct session *s)
@@ -340,7 +347,11 @@ static bool serve_one(struct session *s, const struct http_head *h)
             http_session_respond(s, 200, "application/json", NULL, 0, false);
         return true;
     }
-    /* No body is expected from here on; skip one if sent. */
+    /* No body is expected from here on; skip one if sent, if it is not too large to wait for. */
+    if ((unsigned long long)cl > s->srv->cfg->max_request && cl > 0) {
+        respond_text(s, 413, "body exceeds max_request", true);
+        return true;
+    }
     if (cl > 0 && evbuffer_get_length(in) < h->head_len + (size_t)cl)
         return false;
     /* Route before draining: the head's strings point into the input buffer. */
@@ -364,6 +375,9 @@ void http_session_input(struct session *s)
     while (!s->closing && !s->http_busy && !s->http_done) {
         struct http_head h;
         if (evbuffer_get_length(s->in) == 0)
+            break;
+        /* Pipelined requests wait while this client leaves answers unread. */
+        if (session_pause_if_over(s))
             break;
         if (parse_head(s, &h) <= 0 || !serve_one(s, &h))
             break;

@@ -44,15 +44,28 @@ struct listener {
     ino_t ino;
 };
 
-/* A refusal line for a client over max_clients, best effort: the socket is new and empty. */
-static void refuse(int fd)
+/* A refusal line for a client over a client cap, best effort: the socket is new and empty. */
+static void refuse(int fd, const char *why)
 {
     char line[160];
-    size_t n = jsonrpc_error_null(line, sizeof(line) - 1, SUBPOOL_ERR_LIMIT,
-                                  "too many clients (max_clients reached)");
+    size_t n = jsonrpc_error_null(line, sizeof(line) - 1, SUBPOOL_ERR_LIMIT, why);
     line[n++] = '\n';
     (void)!write(fd, line, n);
     close(fd);
+}
+
+/* The pid, uid and gid of a Unix-socket peer; left unknown when the kernel does not say. */
+static void read_peer(int fd, struct peer *ret)
+{
+    struct ucred uc;
+    socklen_t n = sizeof(uc);
+
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &uc, &n) < 0 || n != sizeof(uc))
+        return;
+    ret->known = true;
+    ret->pid = uc.pid;
+    ret->uid = uc.uid;
+    ret->gid = uc.gid;
 }
 
 /* Errors that concern one connection, not the listener: try again on the next wake-up. */
@@ -67,6 +80,8 @@ static void accept_ready(evutil_socket_t lfd, short what, void *arg)
     struct listener *l = arg;
     struct server *srv = l->srv;
     struct timeval tv = {1, 0};
+    struct peer peer = {0};
+    unsigned uid;
     int fd;
     (void)what;
 
@@ -83,14 +98,33 @@ static void accept_ready(evutil_socket_t lfd, short what, void *arg)
     srv->stats.accepted++;
     if (srv->n_sessions >= srv->cfg->max_clients) {
         log_warn("listener: refused a client: max_clients (%u) reached", srv->cfg->max_clients);
-        refuse(fd);
+        refuse(fd, "too many clients (max_clients reached)");
         return;
     }
     if (l->tcp) {
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    } else {
+        read_peer(fd, &peer);
     }
-    if (!session_new(srv, fd, l->tcp)) {
+    uid = peer.known ? peer.uid : PEER_UID_TCP;
+    if (srv->cfg->max_clients_per_uid &&
+        session_uid_clients(srv, uid) >= srv->cfg->max_clients_per_uid) {
+        char comm[64];
+        if (peer.known) {
+            proc_comm(peer.pid, comm, sizeof(comm));
+            log_warn("listener: refused a client (pid %d uid %u %s): max_clients_per_uid (%u) "
+                     "reached",
+                     peer.pid, peer.uid, comm, srv->cfg->max_clients_per_uid);
+        } else {
+            log_warn("listener: refused a TCP client: max_clients_per_uid (%u) reached by TCP "
+                     "clients",
+                     srv->cfg->max_clients_per_uid);
+        }
+        refuse(fd, "too many clients for this user (max_clients_per_uid reached)");
+        return;
+    }
+    if (!session_new(srv, fd, l->tcp, &peer)) {
         log_error("listener: out of memory for a new session");
         close(fd);
     }

@@ -223,6 +223,13 @@ static void retired_reap(struct server *srv)
     }
 }
 
+static void shed_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    session_shed(arg);
+}
+
 static void reaper_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct server *srv = arg;
@@ -369,6 +376,9 @@ static void server_reload(struct server *srv)
         srv->pool_next = p;
     }
     log_current_level = next->log_level;
+    srv->ledger.budget = account_budget(next->max_client_memory);
+    if (srv->ledger.total > srv->ledger.budget)
+        event_active(srv->ledger.shed, 0, 0);
     router_reconfigure(srv->router);
     config_free(old);
     log_info("reload: configuration applied%s",
@@ -472,13 +482,16 @@ int main(int argc, char **argv)
             evdns_base_load_hosts(srv.dns, NULL);
     }
     srv.reaper = event_new(srv.base, -1, 0, reaper_cb, &srv);
+    srv.ledger.shed = event_new(srv.base, -1, 0, shed_cb, &srv);
+    srv.ledger.budget = account_budget(srv.cfg->max_client_memory);
     srv.shutdown_timer = evtimer_new(srv.base, shutdown_timer_cb, &srv);
     srv.notify_timer = event_new(srv.base, -1, EV_PERSIST, notify_timer_cb, &srv);
     srv.watchdog = event_new(srv.base, -1, EV_PERSIST, watchdog_cb, &srv);
     srv.router = router_new(&srv);
     srv.metrics = metrics_new();
-    if (!srv.dns || !srv.reaper || !srv.shutdown_timer || !srv.notify_timer || !srv.watchdog ||
-        !srv.router || !srv.metrics || msgbuf_init(srv.base, MSGBUF_KEEP_MS) != 0) {
+    if (!srv.dns || !srv.reaper || !srv.ledger.shed || !srv.shutdown_timer || !srv.notify_timer ||
+        !srv.watchdog || !srv.router || !srv.metrics ||
+        msgbuf_init(srv.base, MSGBUF_KEEP_MS) != 0) {
         log_error("out of memory at start-up");
         goto out;
     }
@@ -553,6 +566,8 @@ out:
     /* Nothing below may run these again once the objects they touch are gone. */
     if (srv.reaper)
         event_del(srv.reaper);
+    if (srv.ledger.shed)
+        event_del(srv.ledger.shed);
     if (srv.shutdown_timer)
         event_del(srv.shutdown_timer);
     if (srv.notify_timer)
@@ -577,6 +592,8 @@ out:
             event_free(sigs[i]);
     if (srv.reaper)
         event_free(srv.reaper);
+    if (srv.ledger.shed)
+        event_free(srv.ledger.shed);
     if (srv.shutdown_timer)
         event_free(srv.shutdown_timer);
     if (srv.notify_timer)

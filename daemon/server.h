@@ -19,6 +19,7 @@
 #include <sys/uio.h>
 #include <time.h>
 
+#include "account.h"
 #include "config.h"
 #include "jsonrpc.h"
 
@@ -166,6 +167,24 @@ struct router {
     struct event *dispatch;           /* deferred dispatch after an upstream loss */
 };
 
+/* Who is at the other end of a local connection, read once at accept. */
+struct peer {
+    bool known; /* SO_PEERCRED answered (Unix sockets) */
+    int pid;
+    unsigned uid, gid;
+};
+
+/* TCP clients (whose uid the socket does not tell) count as this one user. */
+#define PEER_UID_TCP ((unsigned)-1)
+#define UID_BUCKETS  64
+
+/* Clients per user, for max_clients_per_uid. */
+struct uid_count {
+    unsigned uid;
+    unsigned n;
+    struct uid_count *next;
+};
+
 struct stats {
     uint64_t requests;            /* client calls accepted (batch elements counted one by one) */
     uint64_t errors;              /* error replies subpool produced itself */
@@ -192,6 +211,7 @@ struct server {
     struct event *shutdown_timer;
     unsigned n_sessions;
     uint64_t next_session_id;
+    struct uid_count *uids[UID_BUCKETS];
     struct sub_list subs; /* every upstream subscription */
     unsigned n_subs;
     uint64_t next_sub_id;
@@ -210,6 +230,7 @@ struct server {
     bool shutdown_forced;
     time_t started;
     struct stats stats;
+    struct ledger ledger; /* bytes held for clients (account.c) */
 };
 
 /* server.c */
@@ -228,7 +249,11 @@ struct listener *listener_new_fd(struct server *srv, int fd, bool tcp, bool allo
 struct listener *listener_free(struct listener *l);
 
 /* session.c */
-struct session *session_new(struct server *srv, int fd, bool tcp);
+struct session *session_new(struct server *srv, int fd, bool tcp, const struct peer *peer);
+/* Clients that user (or PEER_UID_TCP) has now. */
+unsigned session_uid_clients(struct server *srv, unsigned uid);
+/* The name of process pid from /proc ("" when unknown), for log lines. */
+void proc_comm(int pid, char *buf, size_t len);
 void session_close(struct session *s, const char *why);
 void session_free(struct session *s);
 uint64_t session_id(const struct session *s);
@@ -243,6 +268,8 @@ void session_request_added(struct session *s, struct request *r);
 void session_request_removed(struct session *s, struct request *r);
 /* Server-wide: free closed sessions; at stop, close the idle ones; at exit, close all. */
 void session_reap(struct server *srv);
+/* The ledger is over max_client_memory: cut the largest clients until it fits. */
+void session_shed(struct server *srv);
 void session_stop_all(struct server *srv);
 void session_close_all(struct server *srv);
 

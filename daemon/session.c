@@ -11,11 +11,15 @@
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
+#include "clock.h"
 #include "log.h"
 #include "methods.h"
 #include "metrics.h"
@@ -23,6 +27,8 @@
 #include "session.h"
 #include "sockio.h"
 #include "subs.h"
+
+static void batch_out_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg);
 
 uint64_t session_id(const struct session *s)
 {
@@ -59,6 +65,151 @@ void session_maybe_done(struct session *s)
         session_close(s, s->read_eof ? "client finished" : "shutting down");
 }
 
+void proc_comm(int pid, char *buf, size_t len)
+{
+    char path[64];
+    ssize_t n = 0;
+    int fd;
+
+    snprintf(path, sizeof(path), "/proc/%d/comm", pid);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        n = read(fd, buf, len - 1);
+        close(fd);
+    }
+    buf[n > 0 ? n : 0] = '\0';
+    buf[strcspn(buf, "\n")] = '\0';
+}
+
+const char *session_describe(const struct session *s, char *buf, size_t len)
+{
+    char comm[64];
+
+    if (!s->peer.known) {
+        snprintf(buf, len, "session %llu (%s)", (unsigned long long)s->id,
+                 s->tcp ? "tcp" : "no credentials");
+        return buf;
+    }
+    /* Read only when a line names the client: a cut or a refusal, never per request. */
+    proc_comm(s->peer.pid, comm, sizeof(comm));
+    snprintf(buf, len, "session %llu (pid %d uid %u%s%s)", (unsigned long long)s->id, s->peer.pid,
+             s->peer.uid, comm[0] ? " " : "", comm);
+    return buf;
+}
+
+static struct uid_count **uid_slot(struct server *srv, unsigned uid)
+{
+    struct uid_count **pp = &srv->uids[uid % UID_BUCKETS];
+
+    while (*pp && (*pp)->uid != uid)
+        pp = &(*pp)->next;
+    return pp;
+}
+
+unsigned session_uid_clients(struct server *srv, unsigned uid)
+{
+    struct uid_count *c = *uid_slot(srv, uid);
+    return c ? c->n : 0;
+}
+
+static int uid_add(struct server *srv, unsigned uid)
+{
+    struct uid_count **pp = uid_slot(srv, uid);
+
+    if (!*pp && !(*pp = calloc(1, sizeof(**pp))))
+        return -ENOMEM;
+    (*pp)->uid = uid;
+    (*pp)->n++;
+    return 0;
+}
+
+static void uid_remove(struct server *srv, unsigned uid)
+{
+    struct uid_count **pp = uid_slot(srv, uid), *c = *pp;
+
+    if (c && --c->n == 0) {
+        *pp = c->next;
+        free(c);
+    }
+}
+
+static void session_hs_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    struct session *s = arg;
+    char who[160];
+    (void)fd;
+    (void)what;
+
+    log_info("%s: no complete request within handshake_timeout (%u ms); closing",
+             session_describe(s, who, sizeof(who)), s->srv->cfg->handshake_timeout_ms);
+    if (s->proto == SESSION_PROTO_HTTP ||
+        (s->proto == SESSION_PROTO_DETECT && s->in && evbuffer_get_length(s->in))) {
+        static const char msg[] = "HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n"
+                                  "Connection: close\r\n\r\n";
+        (void)!write(bufferevent_getfd(s->bev), msg, sizeof(msg) - 1);
+    }
+    session_close(s, "handshake timeout");
+}
+
+void session_head_due(struct session *s)
+{
+    unsigned ms = s->srv->cfg->handshake_timeout_ms;
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+
+    if (!s->closing && !evtimer_pending(&s->hs_timer, NULL))
+        evtimer_add(&s->hs_timer, &tv);
+}
+
+void session_head_done(struct session *s)
+{
+    evtimer_del(&s->hs_timer);
+}
+
+static void session_idle_arm(struct session *s, unsigned ms)
+{
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    evtimer_add(&s->idle_timer, &tv);
+}
+
+static void session_idle_check(evutil_socket_t fd, short what, void *arg)
+{
+    struct session *s = arg;
+    unsigned idle = s->srv->cfg->client_idle_timeout_ms;
+    uint64_t quiet = clock_mono_ms() - s->last_read_ms;
+    char who[160];
+    (void)fd;
+    (void)what;
+
+    if (idle == 0)
+        return; /* turned off by a reload */
+    if (s->n_requests || !TAILQ_EMPTY(&s->subscribers) || !TAILQ_EMPTY(&s->batches) ||
+        s->http_busy || quiet < idle) {
+        session_idle_arm(s, quiet < idle ? idle - (unsigned)quiet : idle);
+        return;
+    }
+    log_info("%s: idle for client_idle_timeout (%u ms); closing",
+             session_describe(s, who, sizeof(who)), idle);
+    session_close(s, "idle timeout");
+}
+
+/*
+ * Cut a client off, from the loop and not here: the caller may be walking a
+ * list this session is on (a subscription's subscribers, an upstream's
+ * requests). One log line says who and why.
+ */
+void session_cut(struct session *s, const char *why)
+{
+    char who[160];
+
+    if (s->dropping || s->closing)
+        return;
+    log_warn("%s: %s; disconnecting", session_describe(s, who, sizeof(who)), why);
+    s->dropping = true;
+    session_read_stop(s);
+    TAILQ_INSERT_TAIL(&s->srv->doomed, s, doom_link);
+    event_active(s->srv->reaper, 0, 0);
+}
+
 /*
  * A client that leaves more than client_max_output unread is dropped. The
  * backlog is judged before a reply is added (extra: bytes held elsewhere for
@@ -67,26 +218,58 @@ void session_maybe_done(struct session *s)
  */
 static bool session_output_ok(struct session *s, size_t extra)
 {
-    size_t out = evbuffer_get_length(bufferevent_get_output(s->bev)) + ws_session_queued(s);
-    if (out + extra > s->srv->cfg->client_max_output) {
-        log_warn("session %llu: %zu unread reply bytes exceed client_max_output; disconnecting",
-                 (unsigned long long)s->id, out + extra);
-        /*
-         * Closed from the loop, not here: the caller may be walking a list this
-         * session is on (a subscription's subscribers, an upstream's requests).
-         */
-        s->dropping = true;
-        session_read_stop(s);
-        TAILQ_INSERT_TAIL(&s->srv->doomed, s, doom_link);
-        event_active(s->srv->reaper, 0, 0);
+    uint64_t out = s->acct.by[CHARGE_OUTPUT] + extra;
+    char why[128];
+
+    if (out > s->srv->cfg->client_max_output) {
+        snprintf(why, sizeof(why), "%llu unread reply bytes exceed client_max_output",
+                 (unsigned long long)out);
+        session_cut(s, why);
         return false;
     }
     return true;
 }
 
+/*
+ * The daemon holds more than max_client_memory for its clients: cut the
+ * largest until what is left fits. Runs only when the budget is exceeded,
+ * so walking every session here costs nothing on the request path.
+ */
+void session_shed(struct server *srv)
+{
+    struct ledger *l = &srv->ledger;
+    uint64_t doomed = 0;
+    struct session *s;
+    char why[160];
+
+    TAILQ_FOREACH(s, &srv->doomed, doom_link)
+    doomed += s->acct.total;
+    while (l->total - doomed > l->budget) {
+        struct session *big = NULL;
+        TAILQ_FOREACH(s, &srv->sessions, link)
+        {
+            if (!s->dropping && (!big || s->acct.total > big->acct.total))
+                big = s;
+        }
+        if (!big || big->acct.total == 0)
+            break;
+        snprintf(why, sizeof(why),
+                 "the daemon holds %llu bytes for clients, over max_client_memory (%llu); this "
+                 "client holds %llu, the most",
+                 (unsigned long long)(l->total - doomed), (unsigned long long)l->budget,
+                 (unsigned long long)big->acct.total);
+        doomed += big->acct.total;
+        l->cuts++;
+        session_cut(big, why);
+    }
+}
+
 static void batch_free(struct batch *b)
 {
     TAILQ_REMOVE(&b->s->batches, b, link);
+    account_charge(b->s->srv, &b->s->acct, CHARGE_BATCH,
+                   -(int64_t)(sizeof(*b) + evbuffer_get_length(b->out)));
+    evbuffer_remove_cb(b->out, batch_out_cb, b->s);
     evbuffer_free(b->out);
     free(b);
 }
@@ -220,30 +403,66 @@ void session_error(struct session *s, struct batch *b, const char *id, size_t id
     session_deliver(s, b, parts, 3);
 }
 
+/* What an outstanding request holds: its record, its wire copy and the id kept aside. */
+static int64_t request_bytes(const struct request *r)
+{
+    return (int64_t)(sizeof(*r) + r->wire_len + r->orig_id_len);
+}
+
 void session_request_added(struct session *s, struct request *r)
 {
     TAILQ_INSERT_TAIL(&s->requests, r, s_link);
     s->n_requests++;
-    s->bytes_pending += r->wire_len;
+    account_charge(s->srv, &s->acct, CHARGE_PENDING, request_bytes(r));
 }
 
-/* Too much of this client's work outstanding: stop reading it until replies drain. */
+/* Input a client may have waiting: one whole request, its HTTP head and one read. */
+static uint64_t input_max(const struct config *cfg)
+{
+    return cfg->max_request + HTTP_MAX_HEAD + SOCK_READ_MAX;
+}
+
+/*
+ * This client holds as much as it may: stop reading it until it holds less.
+ * Unread output counts from half of client_max_output on, so a client that
+ * never reads cannot make the daemon produce answers (HTTP, pongs) for it
+ * without bound, and one that reads is never cut for answers it provoked.
+ */
 bool session_over_budget(const struct session *s)
 {
     const struct config *cfg = s->srv->cfg;
+    const uint64_t *by = s->acct.by;
+
     return s->n_requests >= cfg->client_max_in_flight ||
-           s->bytes_pending >= cfg->client_max_pending;
+           by[CHARGE_PENDING] >= cfg->client_max_pending ||
+           by[CHARGE_OUTPUT] + ws_session_queued(s) - s->ws_charged >= cfg->client_max_output / 2;
+}
+
+/* A paused client may be under its limits again: look at its input once more. */
+static void session_maybe_resume(struct session *s)
+{
+    if (s->read_paused && !session_over_budget(s)) {
+        s->read_paused = false;
+        session_resume(s);
+    }
+}
+
+/* Pause a client over its limits; returns true when it was paused. */
+bool session_pause_if_over(struct session *s)
+{
+    if (!session_over_budget(s))
+        return false;
+    s->read_paused = true;
+    session_read_stop(s);
+    return true;
 }
 
 void session_request_removed(struct session *s, struct request *r)
 {
     TAILQ_REMOVE(&s->requests, r, s_link);
     s->n_requests--;
-    s->bytes_pending -= r->wire_len;
-    if (s->read_paused && !session_over_budget(s)) {
-        s->read_paused = false;
-        session_resume(s);
-    }
+    account_charge(s->srv, &s->acct, CHARGE_PENDING, -request_bytes(r));
+    session_maybe_resume(s);
 }
 
 /* Look at input again from the loop: it may already hold what was not read. */
@@ -360,12 +579,15 @@ static void session_handle_batch(struct session *s, const char *line, size_t len
         return;
     }
     b = calloc(1, sizeof(*b));
-    if (!b || !(b->out = evbuffer_new())) {
+    if (!b || !(b->out = evbuffer_new()) || !evbuffer_add_cb(b->out, batch_out_cb, s)) {
+        if (b && b->out)
+            evbuffer_free(b->out);
         free(b);
         session_error(s, NULL, NULL, 0, JSONRPC_INTERNAL_ERROR, "out of memory");
         return;
     }
     b->s = s;
+    account_charge(s->srv, &s->acct, CHARGE_BATCH, (int64_t)sizeof(*b));
     /* One extra so replies given synchronously below cannot finish the batch early. */
     b->pending = (unsigned)n + 1;
     TAILQ_INSERT_TAIL(&s->batches, b, link);
@@ -416,11 +638,8 @@ static void ndjson_input(struct session *s)
 
         if (len == 0)
             break;
-        if (session_over_budget(s)) {
-            s->read_paused = true;
-            session_read_stop(s);
+        if (session_pause_if_over(s))
             break;
-        }
         if (evbuffer_ptr_set(in, &start, s->scanned, EVBUFFER_PTR_SET) < 0)
             start.pos = -1;
         eol = start.pos < 0 ? start : evbuffer_search_eol(in, &start, &eol_len, EVBUFFER_EOL_LF);
@@ -465,6 +684,7 @@ static void ndjson_input(struct session *s)
             session_close(s, "out of memory");
             break;
         }
+        session_head_done(s);
         session_handle_text(s, line, line_len);
         evbuffer_drain(in, line_len + eol_len);
     }
@@ -524,11 +744,18 @@ static void session_readable(evutil_socket_t fd, short what, void *arg)
     struct session *s = arg;
     (void)what;
 
-    if (!s->read_eof) {
+    if (!s->read_eof && s->acct.by[CHARGE_INPUT] >= input_max(s->srv->cfg)) {
+        /* As much input as one request may need is waiting: take some first. */
+        s->read_paused = true;
+        session_read_stop(s);
+    } else if (!s->read_eof) {
         ssize_t n = sock_read(s->in, fd);
         if (n == 0) {
             s->read_eof = true;
             session_read_stop(s);
+        } else if (n > 0) {
+            if (s->srv->cfg->client_idle_timeout_ms)
+                s->last_read_ms = clock_mono_ms();
         } else if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
             log_debug("session %llu: socket error: %s", (unsigned long long)s->id, strerror(errno));
             session_close(s, "socket error");
@@ -536,12 +763,18 @@ static void session_readable(evutil_socket_t fd, short what, void *arg)
         }
     }
     session_process(s);
+    if (!s->closing && s->read_paused && s->acct.by[CHARGE_INPUT] < input_max(s->srv->cfg))
+        session_maybe_resume(s);
 }
 
+/* Output drained to the write low-water mark (half of client_max_output) or below. */
 static void session_write_cb(struct bufferevent *bev, void *arg)
 {
+    struct session *s = arg;
     (void)bev;
-    session_maybe_done(arg);
+
+    session_maybe_resume(s);
+    session_maybe_done(s);
 }
 
 static void session_event_cb(struct bufferevent *bev, short what, void *arg)
@@ -557,62 +790,85 @@ static void session_event_cb(struct bufferevent *bev, short what, void *arg)
     }
 }
 
-/* Byte counters for /metrics: what the socket delivered and what it took. */
-static void count_in_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+/* Input: counted for /metrics and charged to the client until taken. */
+static void in_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
 {
-    struct server *srv = arg;
+    struct session *s = arg;
     (void)buf;
-    srv->stats.bytes_in += info->n_added;
-}
-
-static void count_out_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
-{
-    struct server *srv = arg;
-    (void)buf;
-    srv->stats.bytes_out += info->n_deleted;
+    s->srv->stats.bytes_in += info->n_added;
+    account_charge(s->srv, &s->acct, CHARGE_INPUT,
+                   (int64_t)info->n_added - (int64_t)info->n_deleted);
 }
 
 /*
+ * Output: charged until written, counted for /metrics when written.
  * Writing is enabled on the bufferevent only once something is queued:
  * enabling it at once would arm a write event that fires on the new socket
  * just to find nothing to write, which costs two epoll_ctl calls and a loop
  * pass per connection, and replies mostly go out directly anyway.
  */
-static void out_added_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+static void out_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
 {
     struct session *s = arg;
     (void)buf;
 
-    if (info->n_added && !(bufferevent_get_enabled(s->bev) & EV_WRITE) && !s->closing)
+    account_charge(s->srv, &s->acct, CHARGE_OUTPUT,
+                   (int64_t)info->n_added - (int64_t)info->n_deleted);
+    if (s->closing)
+        return;
+    s->srv->stats.bytes_out += info->n_deleted;
+    if (info->n_added && !(bufferevent_get_enabled(s->bev) & EV_WRITE))
         bufferevent_enable(s->bev, EV_WRITE);
 }
 
-struct session *session_new(struct server *srv, int fd, bool tcp)
+static void batch_out_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    struct session *s = arg;
+    (void)buf;
+    account_charge(s->srv, &s->acct, CHARGE_BATCH,
+                   (int64_t)info->n_added - (int64_t)info->n_deleted);
+}
+
+struct session *session_new(struct server *srv, int fd, bool tcp, const struct peer *peer)
 {
     struct session *s = calloc(1, sizeof(*s));
 
     if (!s)
         return NULL;
+    s->peer = *peer;
+    s->uid = peer->known ? peer->uid : PEER_UID_TCP;
     s->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
     s->in = evbuffer_new();
     s->rd = event_new(srv->base, fd, EV_READ | EV_PERSIST, session_readable, s);
-    if (!s->bev || !s->in || !s->rd) {
+    if (!s->bev || !s->in || !s->rd || uid_add(srv, s->uid) < 0) {
         if (s->bev) /* the caller closes fd */
             bufferevent_setfd(s->bev, -1);
         session_free(s);
         return NULL;
     }
+    s->counted = true;
     s->srv = srv;
     s->id = ++srv->next_session_id;
     TAILQ_INIT(&s->requests);
     TAILQ_INIT(&s->batches);
     TAILQ_INIT(&s->subscribers);
     s->tcp = tcp;
-    evbuffer_add_cb(s->in, count_in_cb, srv);
-    evbuffer_add_cb(bufferevent_get_output(s->bev), count_out_cb, srv);
-    evbuffer_add_cb(bufferevent_get_output(s->bev), out_added_cb, s);
+    evtimer_assign(&s->hs_timer, srv->base, session_hs_timeout, s);
+    evtimer_assign(&s->idle_timer, srv->base, session_idle_check, s);
+    if (!evbuffer_add_cb(s->in, in_cb, s) ||
+        !evbuffer_add_cb(bufferevent_get_output(s->bev), out_cb, s)) {
+        bufferevent_setfd(s->bev, -1);
+        session_free(s);
+        return NULL;
+    }
+    account_charge(srv, &s->acct, CHARGE_CONN, SESSION_CONN_BYTES);
     bufferevent_setcb(s->bev, NULL, session_write_cb, session_event_cb, s);
+    bufferevent_setwatermark(s->bev, EV_WRITE, srv->cfg->client_max_output / 2, 0);
     event_add(s->rd, NULL);
+    session_head_due(s);
+    s->last_read_ms = clock_mono_ms();
+    if (srv->cfg->client_idle_timeout_ms)
+        session_idle_arm(s, srv->cfg->client_idle_timeout_ms);
     TAILQ_INSERT_TAIL(&srv->sessions, s, link);
     srv->n_sessions++;
     srv->stats.clients_by_proto[SESSION_PROTO_DETECT]++;
@@ -634,7 +890,7 @@ void session_reap(struct server *srv)
     struct session *s;
 
     while ((s = TAILQ_FIRST(&srv->doomed)))
-        session_close(s, "slow reader");
+        session_close(s, "cut off");
     while ((s = TAILQ_FIRST(&srv->closing))) {
         TAILQ_REMOVE(&srv->closing, s, link);
         session_free(s);
@@ -677,9 +933,13 @@ void session_close(struct session *s, const char *why)
     while ((b = TAILQ_FIRST(&s->batches)))
         batch_free(b);
     session_read_stop(s);
+    evtimer_del(&s->hs_timer);
+    evtimer_del(&s->idle_timer);
     bufferevent_disable(s->bev, EV_READ | EV_WRITE);
     TAILQ_REMOVE(&srv->sessions, s, link);
     srv->n_sessions--;
+    uid_remove(srv, s->uid);
+    s->counted = false;
     srv->stats.clients_by_proto[s->proto]--;
     TAILQ_INSERT_TAIL(&srv->closing, s, link);
     event_active(srv->reaper, 0, 0);
@@ -690,11 +950,20 @@ void session_free(struct session *s)
     if (!s)
         return;
     ws_session_free(s);
+    if (s->counted) /* a session that failed to start */
+        uid_remove(s->srv, s->uid);
     if (s->rd)
         event_free(s->rd);
-    if (s->in)
+    /* What the buffers still hold is released below, all at once. */
+    if (s->in) {
+        evbuffer_remove_cb(s->in, in_cb, s);
         evbuffer_free(s->in);
-    if (s->bev)
+    }
+    if (s->bev) {
+        evbuffer_remove_cb(bufferevent_get_output(s->bev), out_cb, s);
         bufferevent_free(s->bev);
+    }
+    if (s->srv)
+        account_release(s->srv, &s->acct);
     free(s);
 }

@@ -40,15 +40,21 @@ struct session {
     TAILQ_ENTRY(session) doom_link; /* srv->doomed */
     struct request_list requests;
     unsigned n_requests;
-    size_t bytes_pending; /* request bytes held for this client's outstanding requests */
+    struct account acct;     /* what the daemon holds for this client (account.c) */
+    struct event hs_timer;   /* handshake_timeout: armed while a first request or a head is due */
+    struct event idle_timer; /* client_idle_timeout */
+    uint64_t last_read_ms;   /* monotonic, for the idle timeout */
+    struct peer peer;        /* who it is: read once at accept */
+    unsigned uid;            /* the user it counts against: peer.uid, or PEER_UID_TCP */
     TAILQ_HEAD(, batch) batches;
     struct subscriber_list subscribers;
     enum session_proto proto;
     bool tcp;         /* came through the TCP listener */
     bool read_eof;    /* the client shut its sending side */
-    bool read_paused; /* too many requests outstanding */
+    bool read_paused; /* over one of its limits: not read until it is under */
     bool closing;
     bool dropping;  /* over client_max_output: closed by the reaper */
+    bool counted;   /* in srv->uids */
     bool http_only; /* plain HTTP: subscriptions are refused like a node's HTTP endpoint */
     /* NDJSON */
     size_t scanned;   /* input bytes already searched for a newline */
@@ -56,8 +62,9 @@ struct session {
     bool discarding;  /* inside an over-long line */
     /* WebSocket */
     wslay_event_context_ptr ws;
-    bool ws_finished; /* close frames exchanged or protocol error: close once flushed */
-    bool ws_in_recv;  /* inside wslay_event_recv: only queue replies */
+    bool ws_finished;  /* close frames exchanged or protocol error: close once flushed */
+    bool ws_in_recv;   /* inside wslay_event_recv: only queue replies */
+    size_t ws_charged; /* wslay's queue as last charged to the account */
     /* HTTP */
     bool http_busy;      /* a request is being answered; the next one waits */
     bool http_keep;      /* keep the connection after this response */
@@ -65,6 +72,9 @@ struct session {
     bool http_done;      /* the last response is out: read nothing more */
     bool http_continued; /* 100 Continue sent for the request being received */
 };
+
+/* What a connection costs before it holds anything: charged to its account. */
+#define SESSION_CONN_BYTES ((int64_t)sizeof(struct session) + 1024)
 
 /* session.c */
 void session_handle_text(struct session *s, const char *text, size_t len);
@@ -80,6 +90,19 @@ void session_resume(struct session *s);
 /* Read nothing more from the client until session_resume(). */
 void session_read_stop(struct session *s);
 bool session_over_budget(const struct session *s);
+/* Stop reading a client over its limits; true when it was. */
+bool session_pause_if_over(struct session *s);
+/* A request head or the first request is due within handshake_timeout (armed once). */
+void session_head_due(struct session *s);
+/* It came: the handshake timeout is off. */
+void session_head_done(struct session *s);
+/*
+ * Close a client from the loop, not now: safe while a list it is on is being
+ * walked (delivery to subscribers, a batch, an upstream's requests). Logs why.
+ */
+void session_cut(struct session *s, const char *why);
+/* "session 7 (pid 123 uid 1000 python3)": who a client is, for log lines. */
+const char *session_describe(const struct session *s, char *buf, size_t len);
 void session_set_proto(struct session *s, enum session_proto proto);
 
 /* ws_server.c */
@@ -87,6 +110,8 @@ int ws_session_upgrade(struct session *s, const struct http_head *h);
 void ws_session_input(struct session *s);
 void ws_session_emit(struct session *s, const struct iovec *parts, int n);
 size_t ws_session_queued(const struct session *s);
+/* Charge wslay's queue as it is now to the session's output. */
+void ws_session_account(struct session *s);
 void ws_session_free(struct session *s);
 
 /* metrics.c */

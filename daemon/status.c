@@ -106,7 +106,12 @@ static void status_build(struct server *srv, struct evbuffer *out)
     add_endpoints(out, p);
     evbuffer_add_printf(out, ",\"upstream_subscriptions\":%u,\"subscriptions\":", srv->n_subs);
     subs_status(srv, out);
-    evbuffer_add(out, "}", 1);
+    evbuffer_add_printf(out,
+                        ",\"client_memory\":{\"held\":%llu,\"peak\":%llu,\"budget\":%llu,"
+                        "\"cuts\":%llu}}",
+                        (unsigned long long)srv->ledger.total, (unsigned long long)srv->ledger.peak,
+                        (unsigned long long)srv->ledger.budget,
+                        (unsigned long long)srv->ledger.cuts);
 }
 
 void status_handle(struct server *srv, struct session *s, struct batch *b, const char *buf,

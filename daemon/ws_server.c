@@ -16,9 +16,15 @@ static ssize_t ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
                           void *user_data)
 {
     struct session *s = user_data;
-    int n = evbuffer_remove(s->in, buf, len);
+    int n;
     (void)flags;
 
+    /*
+     * A client over its limits is read no further, here too: wslay answers
+     * pings as it reads them, so a flood from a client that never reads
+     * would otherwise queue pongs without bound.
+     */
+    n = session_over_budget(s) ? 0 : evbuffer_remove(s->in, buf, len);
     if (n <= 0) {
         /* Returning 0 would stall wslay: "nothing now" must be WOULDBLOCK. */
         wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
@@ -59,13 +65,15 @@ static const struct wslay_event_callbacks ws_callbacks = {
 /* Push queued frames into the output buffer and notice the end of the conversation. */
 static void ws_flush(struct session *s)
 {
-    if (!s->ws || s->ws_finished || s->ws_in_recv)
+    if (!s->ws)
         return;
-    if (wslay_event_send(s->ws) != 0 ||
-        (!wslay_event_want_read(s->ws) && !wslay_event_want_write(s->ws))) {
+    if (!s->ws_finished && !s->ws_in_recv &&
+        (wslay_event_send(s->ws) != 0 ||
+         (!wslay_event_want_read(s->ws) && !wslay_event_want_write(s->ws)))) {
         s->ws_finished = true;
         session_read_stop(s);
     }
+    ws_session_account(s);
 }
 
 int ws_session_upgrade(struct session *s, const struct http_head *h)
@@ -107,11 +115,8 @@ void ws_session_input(struct session *s)
 {
     if (!s->ws || s->ws_finished)
         return;
-    if (session_over_budget(s)) {
-        s->read_paused = true;
-        session_read_stop(s);
+    if (session_pause_if_over(s))
         return;
-    }
     /* Replies produced while wslay is reading are queued and sent by ws_flush below. */
     s->ws_in_recv = true;
     int r = wslay_event_recv(s->ws);
@@ -120,8 +125,14 @@ void ws_session_input(struct session *s)
         log_debug("session %llu: websocket protocol error", (unsigned long long)s->id);
         /* wslay has queued a close frame with the reason; send it, then hang up. */
         wslay_event_send(s->ws);
+        ws_session_account(s);
         s->ws_finished = true;
         session_read_stop(s);
+        return;
+    }
+    if (evbuffer_get_length(s->in) && session_pause_if_over(s)) {
+        /* Stopped for its limits with input left: flush, and read on once it drains. */
+        ws_flush(s);
         return;
     }
     if (s->read_eof && evbuffer_get_length(s->in) == 0) {
@@ -158,7 +169,8 @@ void ws_session_emit(struct session *s, const struct iovec *parts, int n)
     }
     buf = malloc(len ? len : 1);
     if (!buf) {
-        session_close(s, "out of memory");
+        /* Not closed here: the caller may be delivering to a list this session is on. */
+        session_cut(s, "out of memory for a reply");
         return;
     }
     for (int i = 0; i < n; i++) {
@@ -179,9 +191,20 @@ size_t ws_session_queued(const struct session *s)
     return s->ws ? wslay_event_get_queued_msg_length(s->ws) : 0;
 }
 
+void ws_session_account(struct session *s)
+{
+    size_t q = ws_session_queued(s);
+
+    account_charge(s->srv, &s->acct, CHARGE_OUTPUT, (int64_t)q - (int64_t)s->ws_charged);
+    s->ws_charged = q;
+}
+
 void ws_session_free(struct session *s)
 {
     if (s->ws)
         wslay_event_context_free(s->ws);
     s->ws = NULL;
+    if (s->ws_charged)
+        account_charge(s->srv, &s->acct, CHARGE_OUTPUT, -(int64_t)s->ws_charged);
+    s->ws_charged = 0;
 }

@@ -1,0 +1,41 @@
+/*
+ * The ledger of bytes held on clients' behalf; account.c says how it works.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct server;
+
+enum charge {
+    CHARGE_CONN,    /* the connection's own records */
+    CHARGE_INPUT,   /* read from the socket, not yet taken */
+    CHARGE_OUTPUT,  /* replies, HTTP answers, pongs and close frames not yet written */
+    CHARGE_PENDING, /* outstanding requests: their records, wire copies and ids */
+    CHARGE_BATCH,   /* replies of a batch still being collected */
+    CHARGE_SUBS,    /* subscription records, their keys and notifications held for them */
+    CHARGE_COUNT,
+};
+
+/* What one client holds. */
+struct account {
+    uint64_t by[CHARGE_COUNT];
+    uint64_t total;
+};
+
+/* What every client holds together, against max_client_memory. */
+struct ledger {
+    uint64_t total;
+    uint64_t peak;
+    uint64_t budget;    /* max_client_memory, resolved */
+    uint64_t cuts;      /* clients cut because the daemon budget was exceeded */
+    struct event *shed; /* deferred: cuts the largest clients until under budget */
+};
+
+/* Charge (delta > 0) or release (delta < 0) bytes of one kind to a client. */
+void account_charge(struct server *srv, struct account *a, enum charge kind, int64_t delta);
+/* Releases everything the account still holds (the client is being freed). */
+void account_release(struct server *srv, struct account *a);
+/* max_client_memory, with 0 resolved from the host's memory. */
+uint64_t account_budget(uint64_t configured);

@@ -1,0 +1,263 @@
+"""Bounded by design: what a hostile local client makes the daemon hold is charged to it and
+to the daemon's budget (max_client_memory), and stops growing at its limits.
+
+Each test names the item of the bounds issue it covers. Memory is measured where it lives:
+the daemon's peak resident size (VmHWM) and its own ledger (subpool_status.client_memory).
+Senders run in threads that stop by themselves: at the end of their data, or once the daemon
+has not taken a byte for a few seconds (it stopped reading them, which is the point).
+"""
+
+import os
+import socket
+import threading
+
+import harness
+from localwire import OP_PING, Conn, rpc, ws_frame
+
+KiB, MiB = 1 << 10, 1 << 20
+
+
+class Sender:
+    """Writes data to a connection from a thread; stops at the end, on an error, or when the
+    daemon has taken nothing for `stall` seconds. `sent` is what the daemon accepted."""
+
+    def __init__(self, conn: Conn, data: bytes, chunk=64 * KiB, stall=3.0):
+        self.conn, self.data, self.chunk, self.stall = conn, data, chunk, stall
+        self.sent = 0
+        self.stalled = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        sock = self.conn.sock
+        sock.settimeout(self.stall)
+        view = memoryview(self.data)
+        try:
+            while self.sent < len(view):
+                self.sent += sock.send(view[self.sent:self.sent + self.chunk])
+        except socket.timeout:
+            self.stalled = True
+        except OSError:
+            pass
+
+    def join(self, timeout=120):
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the sender did not stop"
+
+
+def hwm_mib(d) -> float:
+    return harness.vm_hwm_kib(d.pid) / 1024
+
+
+def held(d) -> int:
+    return d.status()["client_memory"]["held"]
+
+
+def test_http_answers_to_a_client_that_never_reads_are_bounded(devnode, daemon):
+    """Item 1: pipelined GET /metrics from a client that never reads its answers. The daemon
+    stops reading it once half of client_max_output waits for it: its memory stays bounded,
+    and other clients are served meanwhile."""
+    node = devnode()
+    d = daemon(node, client_max_output="1M", max_request="1M")
+    base = hwm_mib(d)
+    one = b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    hostile = Conn(d)
+    # About 40,000 answers of several KB each: over 100 MB if all were produced.
+    sender = Sender(hostile, one * 40000)
+    sender.join()
+    assert sender.stalled, "the daemon read every pipelined request of a client that never reads"
+    with d.client() as c:
+        assert c.call_ok("system_chain") == "Bittensor"
+    assert held(d) < 4 * MiB, d.status()["client_memory"]
+    growth = hwm_mib(d) - base
+    assert growth < 40, f"the daemon grew by {growth:.0f} MiB for one client that never reads"
+    hostile.close()
+    harness.wait_until(lambda: held(d) < 64 * KiB, 10, "the ledger released the client's bytes")
+
+
+def test_http_get_with_a_huge_content_length_is_refused(devnode, daemon):
+    """Item 3: a GET announcing a body larger than max_request gets 413 at once, instead of
+    the daemon buffering whatever follows."""
+    node = devnode()
+    d = daemon(node, max_request="1M")
+    with Conn(d) as c:
+        c.send(b"GET /health HTTP/1.1\r\nHost: localhost\r\nContent-Length: 99999999999999\r\n\r\n")
+        r = c.http_response()
+        assert r.status == 413 and r.closes, r
+    with d.client() as c:
+        assert c.call_ok("system_chain") == "Bittensor"
+
+
+def test_input_behind_a_slow_post_is_bounded(devnode, daemon):
+    """Item 3: bytes streamed behind a POST whose answer takes a while are read only up to
+    what one request may need (max_request, a head, a read); then the client waits."""
+    node = devnode()
+    d = daemon(node, max_request="1M")
+    base = hwm_mib(d)
+    body = rpc("devnode_sleep", [4000])
+    c = Conn(d)
+    c.send(b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+           b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    sender = Sender(c, b"x" * (120 * MiB), stall=2.0)
+    sender.join()
+    assert sender.stalled, f"the daemon took all {sender.sent} bytes behind a pending POST"
+    assert sender.sent < 16 * MiB, sender.sent
+    growth = hwm_mib(d) - base
+    assert growth < 32, f"the daemon grew by {growth:.0f} MiB behind one slow POST"
+    r = c.http_response(timeout=15)
+    assert r.status == 200 and r.json()["result"] is True, r
+    c.close()
+    with d.client() as cl:
+        assert cl.call_ok("system_chain") == "Bittensor"
+
+
+def test_websocket_ping_flood_from_a_client_that_never_reads_is_bounded(devnode, daemon):
+    """Item 4: each ping is answered with a pong that waits in the client's output; a client
+    that never reads stops being read once half of client_max_output is waiting."""
+    node = devnode()
+    d = daemon(node, client_max_output="1M")
+    base = hwm_mib(d)
+    c = Conn(d)
+    assert c.ws_upgrade().status == 101
+    ping = ws_frame(OP_PING, b"p" * 125)
+    sender = Sender(c, ping * (100 * MiB // len(ping)))
+    sender.join()
+    assert sender.stalled, "the daemon read a whole ping flood from a client that never reads"
+    assert held(d) < 4 * MiB, d.status()["client_memory"]
+    growth = hwm_mib(d) - base
+    assert growth < 40, f"the daemon grew by {growth:.0f} MiB of pongs nobody reads"
+    with Conn(d) as w:
+        assert w.ws_upgrade().status == 101
+        w.ws_text(rpc("system_chain"))
+        assert w.ws_json()["result"] == "Bittensor"
+    c.close()
+
+
+def test_request_ids_count_against_client_max_pending(devnode, daemon):
+    """Item 5: the id kept aside for splicing is held as long as the request: it counts
+    against client_max_pending like the rest of the request."""
+    node = devnode()
+    d = daemon(node, client_max_pending="4M", max_request="2M")
+    base = hwm_mib(d)
+    c = Conn(d)
+    big_id = b'"' + b"i" * MiB + b'"'
+    line = b'{"jsonrpc":"2.0","id":' + big_id + b',"method":"devnode_sleep","params":[3000]}\n'
+    sender = Sender(c, line * 60, stall=2.0)
+    sender.join()
+    status = d.status()
+    assert status["in_flight"] <= 5, f"{status['in_flight']} requests of 1 MiB ids in flight"
+    assert status["client_memory"]["held"] < 4 * MiB + 2 * MiB + 256 * KiB, status["client_memory"]
+    growth = hwm_mib(d) - base
+    assert growth < 32, f"the daemon grew by {growth:.0f} MiB of request ids"
+    # The first reply carries its id back whole.
+    first = c.read_until(b"\n", timeout=15)
+    assert first.startswith(b'{"jsonrpc":"2.0","id":' + big_id) or big_id in first, first[:80]
+    c.close()
+
+
+def test_over_the_daemon_budget_the_largest_client_is_cut(devnode, daemon):
+    """Over max_client_memory the client holding the most is disconnected, with one log line
+    naming it (pid, uid, process name); a small client goes on being served."""
+    node = devnode()
+    d = daemon(node, max_client_memory="6M", client_max_output="64M")
+    small = d.client()
+    assert small.call_ok("system_chain") == "Bittensor"
+    big = Conn(d)
+    big.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    # Replies of 1 MiB that it never reads: they pile up in the daemon.
+    big.send(b"".join(rpc("devnode_blob", [MiB], i) + b"\n" for i in range(12)))
+    d.wait_log("over max_client_memory")
+    line = next(ln for ln in d.log.splitlines() if "over max_client_memory" in ln)
+    assert f"pid {os.getpid()} uid {os.getuid()}" in line, line
+    big.read_to_eof(timeout=10)  # what had reached its socket, then the end
+    assert small.call_ok("system_chain") == "Bittensor"
+    mem = d.status()["client_memory"]
+    assert mem["cuts"] == 1 and mem["budget"] == 6 * MiB, mem
+    small.close()
+    big.close()
+
+
+def test_the_ledger_balances_after_every_framing(devnode, daemon):
+    """Whatever a client held (input, requests, replies, batches, websocket and HTTP output)
+    is released when it is done: with every client gone the ledger is back at zero."""
+    node = devnode()
+    d = daemon(node)
+    alone = held(d)  # the client asking for the status, and any not yet freed
+    with d.client() as c:
+        c.send_batch([rpc("system_chain", None, i) for i in range(5)])
+        assert len(c.recv()) == 5
+        assert c.call_ok("devnode_blob", [200000])
+    with Conn(d) as w:
+        assert w.ws_upgrade().status == 101
+        w.ws_text(rpc("devnode_blob", [100000]))
+        assert len(w.ws_json()["result"]) == 100000
+    with Conn(d) as h:
+        assert h.http("GET", "/metrics").status == 200
+        assert h.http("POST", "/", rpc("system_chain")).json()["result"] == "Bittensor"
+    with Conn(d) as n:
+        n.send(rpc("devnode_sleep", [2000]) + b"\n")  # left in flight
+    harness.poll(lambda: held(d), lambda h: h <= alone, 10,
+                 f"the ledger back at {alone} bytes (the status client's) with every client gone")
+
+
+def test_silent_connections_are_closed_after_handshake_timeout(devnode, daemon):
+    """Item 10: connections that never send a complete first request no longer hold client
+    slots for as long as they like; an HTTP head left incomplete gets 408."""
+    node = devnode()
+    d = daemon(node, max_clients=4, handshake_timeout="500ms")
+    silent = [Conn(d) for _ in range(3)]
+    partial = Conn(d)
+    partial.send(b"GET /health HTTP/1.1\r\nHost: loc")
+    for c in silent:
+        c.expect_eof(timeout=10)
+    assert partial.read_to_eof(timeout=10).startswith(b"HTTP/1.1 408 "), "no 408 for a slow head"
+    d.wait_log("no complete request within handshake_timeout", count=4)
+    with d.client() as c:
+        assert c.call_ok("system_chain") == "Bittensor"
+        # A client that has sent its first request is not subject to it any more.
+        quiet = d.client()
+        assert quiet.call_ok("system_chain") == "Bittensor"
+        quiet.expect_silence(1.0)
+        assert quiet.call_ok("system_chain") == "Bittensor"
+    for c in silent + [partial]:
+        c.close()
+
+
+def test_one_user_cannot_take_every_client_slot(devnode, daemon):
+    """Item 10: max_clients_per_uid refuses a user's connection over the cap with -32053 and a
+    log line naming the process; closing one lets the next in."""
+    node = devnode()
+    d = daemon(node, max_clients_per_uid=3)
+    held_clients = [d.client() for _ in range(3)]
+    for c in held_clients:
+        assert c.call_ok("system_chain") == "Bittensor"
+    over = harness.NdjsonClient(d.socket, 10)
+    reply = over.recv()
+    assert reply.code == harness.ERR_LIMIT and "max_clients_per_uid" in reply.error["message"], reply
+    over.expect_eof()
+    over.close()
+    d.wait_log(f"refused a client (pid {os.getpid()} uid {os.getuid()}")
+    held_clients[0].close()
+    harness.wait_until(lambda: d.status()["clients"] == 3 or None, 10,
+                       "the closed client's slot given back (status asks as the third)")
+    with d.client() as c:
+        assert c.call_ok("system_chain") == "Bittensor"
+
+
+def test_idle_clients_are_closed_only_when_idle(devnode, daemon):
+    """client_idle_timeout closes a client with nothing outstanding that sends nothing; one
+    with a request in flight or a subscription is left alone."""
+    node = devnode()
+    d = daemon(node, client_idle_timeout="500ms")
+    idle = d.client()
+    assert idle.call_ok("system_chain") == "Bittensor"
+    busy = d.client()
+    busy.send_line(rpc("devnode_sleep", [1500], 9))
+    sub = d.client()
+    assert sub.call_ok("chain_subscribeNewHeads")
+    idle.expect_eof(timeout=10)
+    d.wait_log("idle for client_idle_timeout")
+    assert busy.recv(timeout=10).result is True, "a client with a request in flight was closed"
+    assert sub.recv(timeout=10) is not None  # a notification: still subscribed and open
+    for c in (idle, busy, sub):
+        c.close()
