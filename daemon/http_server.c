@@ -47,6 +47,8 @@ static const char *status_text(int status)
         return "Not Implemented";
     case 503:
         return "Service Unavailable";
+    case 505:
+        return "HTTP Version Not Supported";
     default:
         return "Error";
     }
@@ -166,6 +168,39 @@ static int check_browser(struct session *s, const struct http_head *h, const cha
     return 0;
 }
 
+/*
+ * What RFC 9112 and RFC 6455 ask a server to refuse, answered: another major
+ * version (505); HTTP/1.1 without Host, and Host, Sec-WebSocket-Key or
+ * differing Content-Length given twice (400): a client and subpool must not
+ * read different requests out of one head.
+ */
+static bool head_refused(struct session *s, const struct http_head *h)
+{
+    const struct http_str *v;
+    const char *why = NULL;
+    int status = 400;
+
+    if (h->major_version != 1) {
+        status = 505;
+        why = "only HTTP/1.x is supported";
+    } else if (http_header_once(h, "Host", false, &v) < 0) {
+        why = "more than one Host header";
+    } else if (!v && h->minor_version >= 1) {
+        why = "HTTP/1.1 request without Host";
+    } else if (http_header_once(h, "Content-Length", true, &v) < 0) {
+        why = "conflicting Content-Length headers";
+    } else if (http_header_once(h, "Sec-WebSocket-Key", false, &v) < 0) {
+        why = "more than one Sec-WebSocket-Key header";
+    } else {
+        return false;
+    }
+    if (s->proto == SESSION_PROTO_DETECT)
+        session_set_proto(s, SESSION_PROTO_HTTP);
+    log_info("session %llu: refused an HTTP request: %s", (unsigned long long)s->id, why);
+    respond_text(s, status, why, true);
+    return true;
+}
+
 /* Peek at the head at the start of the input: 1 parsed, 0 incomplete, -1 refused (answered). */
 static int parse_head(struct session *s, struct http_head *h)
 {
@@ -201,6 +236,10 @@ static int parse_head(struct session *s, struct http_head *h)
         return 0;
     }
     session_head_done(s);
+    if (head_refused(s, h)) {
+        evbuffer_drain(in, len);
+        return -1;
+    }
     return 1;
 }
 

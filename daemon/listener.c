@@ -250,7 +250,8 @@ struct listener *listener_new(struct server *srv, const char *path, unsigned mod
         snprintf(err, errlen, "%s: path too long", path);
         goto fail;
     }
-    l->lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    /* Never through a symlink: a dangling one would create a file where it points. */
+    l->lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (l->lock_fd < 0) {
         snprintf(err, errlen, "%s: %s", lock_path, strerror(errno));
         goto fail;

@@ -60,12 +60,14 @@ static int next_line(const char *buf, size_t len, size_t i, size_t *ret_end, siz
     return 1;
 }
 
-/* "HTTP/1.x" at p[0..8). */
-static int parse_version(const char *p, int *ret_minor)
+/* "HTTP/x.y" at p[0..8), one digit each. */
+static int parse_version(const char *p, struct http_head *h)
 {
-    if (memcmp(p, "HTTP/1.", 7) != 0 || p[7] < '0' || p[7] > '9')
+    if (memcmp(p, "HTTP/", 5) != 0 || p[5] < '0' || p[5] > '9' || p[6] != '.' || p[7] < '0' ||
+        p[7] > '9')
         return -1;
-    *ret_minor = p[7] - '0';
+    h->major_version = p[5] - '0';
+    h->minor_version = p[7] - '0';
     return 0;
 }
 
@@ -90,14 +92,14 @@ static int parse_request_line(const char *buf, size_t end, struct http_head *h)
     i++;
     if (end - i != 8)
         return -1;
-    return parse_version(buf + i, &h->minor_version);
+    return parse_version(buf + i, h);
 }
 
 static int parse_status_line(const char *buf, size_t end, struct http_head *h)
 {
     size_t i;
 
-    if (end < 12 || parse_version(buf, &h->minor_version) < 0 || buf[8] != ' ')
+    if (end < 12 || parse_version(buf, h) < 0 || h->major_version != 1 || buf[8] != ' ')
         return -1;
     for (i = 9; i < 12; i++)
         if (buf[i] < '0' || buf[i] > '9')
@@ -198,6 +200,26 @@ const struct http_str *http_header(const struct http_head *h, const char *name)
             return &h->headers[k].value;
     }
     return NULL;
+}
+
+int http_header_once(const struct http_head *h, const char *name, bool same_ok,
+                     const struct http_str **ret)
+{
+    const struct http_str *first = NULL;
+    size_t n = strlen(name);
+
+    for (size_t k = 0; k < h->n_headers; k++) {
+        const struct http_str *hn = &h->headers[k].name, *v = &h->headers[k].value;
+
+        if (hn->len != n || !case_eq(hn->p, name, n))
+            continue;
+        if (first && (!same_ok || first->len != v->len || memcmp(first->p, v->p, v->len) != 0))
+            return -1;
+        if (!first)
+            first = v;
+    }
+    *ret = first;
+    return 0;
 }
 
 bool http_has_token(const struct http_str *value, const char *token)

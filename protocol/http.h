@@ -27,7 +27,8 @@ struct http_head {
     struct http_str target;
     int status;
     struct http_str reason;
-    int minor_version; /* HTTP/1.x */
+    int major_version; /* HTTP/x.y: requests may carry any digit; responses are HTTP/1 */
+    int minor_version;
     size_t n_headers;
     struct http_header headers[HTTP_MAX_HEADERS];
     size_t head_len; /* bytes up to and including the blank line */
@@ -43,6 +44,14 @@ int http_parse_response(const char *buf, size_t len, struct http_head *ret);
 
 /* Case-insensitive header lookup; NULL when absent. */
 const struct http_str *http_header(const struct http_head *h, const char *name);
+
+/*
+ * A header that may appear only once: 0 with *ret set to its value (NULL
+ * when absent), or -1 when it appears again, with any value or, when
+ * same_ok, with a different one.
+ */
+int http_header_once(const struct http_head *h, const char *name, bool same_ok,
+                     const struct http_str **ret);
 
 /* True when a comma-separated header value contains `token` (case-insensitive). */
 bool http_has_token(const struct http_str *value, const char *token);

@@ -23,18 +23,9 @@ static bool key_is(const char *k, size_t n, const char *lit, size_t lit_len)
     return n == lit_len && memcmp(k, lit, n) == 0;
 }
 
-/*
- * Which envelope member a key names, or -1. Keys are compared as raw bytes:
- * a key written with escapes ("\u0069d") is not "id" to us. Decoding every
- * key would cost a copy on the hot path, no node or client we serve writes
- * keys that way, and the failure mode is a clean "invalid request" (a
- * missing member), never a reply routed on a member we misread.
- */
-static int envelope_field(const char *buf, const struct json_span *key)
+/* The envelope member named by raw key bytes k[0..n), or -1. */
+static int field_named(const char *k, size_t n)
 {
-    const char *k = buf + key->off + 1;
-    size_t n = key->len - 2;
-
     switch (n) {
     case 2:
         return key_is(k, n, "id", 2) ? FIELD_ID : -1;
@@ -53,6 +44,64 @@ static int envelope_field(const char *buf, const struct json_span *key)
     default:
         return -1;
     }
+}
+
+static int hex_digit(char c)
+{
+    return c >= '0' && c <= '9'   ? c - '0'
+           : c >= 'a' && c <= 'f' ? c - 'a' + 10
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                  : -1;
+}
+
+/*
+ * A validated key with escapes, decoded into out (room for 8) when it is
+ * ASCII and short enough to be an envelope member's name. Returns its
+ * length, or -1 when it cannot name one.
+ */
+static int unescape_short(const char *k, size_t n, char out[8])
+{
+    size_t o = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        char c = k[i];
+        if (o == 8)
+            return -1;
+        if (c == '\\') {
+            c = k[++i];
+            if (c == 'u') {
+                int v = 0;
+                for (int d = 1; d <= 4; d++)
+                    v = v * 16 + hex_digit(k[i + (size_t)d]);
+                if (v <= 0 || v > 0x7f)
+                    return -1;
+                c = (char)v;
+                i += 4;
+            }
+        }
+        out[o++] = c;
+    }
+    return (int)o;
+}
+
+/*
+ * Which envelope member a key names, or -1. Keys are first compared as raw
+ * bytes; only a key with a backslash short enough to name a member once
+ * decoded ("\u0069d" is "id") is decoded, so writing a key with escapes can
+ * never hide a member (and with it a reply) from us.
+ */
+static int envelope_field(const char *buf, const struct json_span *key)
+{
+    const char *k = buf + key->off + 1;
+    size_t n = key->len - 2;
+    int f = field_named(k, n);
+    char plain[8];
+    int len;
+
+    if (f >= 0 || n > 7 * 6 || !memchr(k, '\\', n))
+        return f;
+    len = unescape_short(k, n, plain);
+    return len < 0 ? -1 : field_named(plain, (size_t)len);
 }
 
 /* params.subscription and params.result of a subscription notification (first occurrences). */

@@ -103,7 +103,7 @@ def test_http_hostile_heads(devnode, daemon, transport):
         b"GET /health HTTP/1.1\r\nHost: localhost\r\nBad Header: x\r\n\r\n",   # space in a name
         b"GET /health HTTP/1.1\r\nHost: localhost\r\n folded\r\n\r\n",         # obs-fold
         b"GET  /health HTTP/1.1\r\n\r\n",                                    # double space
-        b"GET /health HTTP/2.0\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost: localhost\r\nHost: localhost\r\n\r\n",  # two Hosts
         b"GET /health\r\n\r\n",                                              # HTTP/0.9
         b"GET /he\x00alth HTTP/1.1\r\n\r\n",
         b"GET /health HTTP/1.1\r\nHost: local\x01host\r\n\r\n",
@@ -178,14 +178,14 @@ def test_http_content_length_lies(devnode, daemon, transport):
     # Longer than the body, then the client leaves: no reply, nothing forwarded.
     with Conn(d, transport) as c:
         c.send(b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n\r\n" +
-               rpc("hostile_never", ["never"], 1))
+               rpc("system_dryRun", ["never"], 1))
         c.expect_silence(0.3)
         c.shutdown_write()
         c.expect_eof(5)
     with Conn(d, transport) as c:
         c.send(b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 999999\r\n\r\n{")
         c.close()
-    assert requests_for(d, "hostile_never") == 0, "a truncated body was served"
+    assert requests_for(d, "system_dryRun") == 0, "a truncated body was served"
     by.check("long Content-Length")
 
     # Content-Length that is not a plain decimal: 400 and close.
@@ -283,9 +283,9 @@ def test_ws_invalid_utf8_text(devnode, daemon, transport):
     node = devnode()
     d = tcp_daemon(daemon, node)
     by = Bystanders(d, node)
-    for bad in (b'{"jsonrpc":"2.0","id":1,"method":"hostile_utf8","params":["\xff\xfe"]}',
-                b'{"jsonrpc":"2.0","id":1,"method":"hostile_utf8","params":["\xed\xa0\x80"]}',  # surrogate
-                b'{"jsonrpc":"2.0","id":1,"method":"hostile_utf8","params":["\xc0\xaf"]}'):      # overlong
+    for bad in (b'{"jsonrpc":"2.0","id":1,"method":"system_dryRunAt","params":["\xff\xfe"]}',
+                b'{"jsonrpc":"2.0","id":1,"method":"system_dryRunAt","params":["\xed\xa0\x80"]}',  # surrogate
+                b'{"jsonrpc":"2.0","id":1,"method":"system_dryRunAt","params":["\xc0\xaf"]}'):      # overlong
         with upgraded(d, transport) as c:
             c.ws_send(OP_TEXT, bad)
             try:
@@ -299,7 +299,7 @@ def test_ws_invalid_utf8_text(devnode, daemon, transport):
                 assert c.ws_json()["result"] == "fine"
     by.check("invalid UTF-8")
     by.finish()
-    assert requests_for(d, "hostile_utf8") == 0, "a request with invalid UTF-8 was routed"
+    assert requests_for(d, "system_dryRunAt") == 0, "a request with invalid UTF-8 was routed"
 
 
 def test_ws_protocol_violations(devnode, daemon, transport):

@@ -112,12 +112,49 @@ static void test_bare_lf(void **state)
     assert_int_equal(h.n_headers, 0);
 }
 
+/* Any one-digit version parses; the server decides (505 for a major other than 1). */
+static void test_request_versions(void **state)
+{
+    struct http_head h;
+    (void)state;
+
+    assert_int_equal(http_parse_request(LIT("GET / HTTP/2.0\r\n\r\n"), &h), 1);
+    assert_int_equal(h.major_version, 2);
+    assert_int_equal(h.minor_version, 0);
+    assert_int_equal(http_parse_request(LIT("GET / HTTP/1.9\r\n\r\n"), &h), 1);
+    assert_int_equal(h.major_version, 1);
+    assert_int_equal(h.minor_version, 9);
+    /* Responses must be HTTP/1. */
+    assert_int_equal(http_parse_response(LIT("HTTP/2.0 101 x\r\n\r\n"), &h), -1);
+}
+
+static void test_header_once(void **state)
+{
+    static const char r[] = "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
+                            "content-length: 5\r\nX: 1\r\nx: 2\r\n\r\n";
+    const struct http_str *v = (void *)1;
+    struct http_head h;
+    (void)state;
+
+    assert_int_equal(http_parse_request(LIT(r), &h), 1);
+    assert_int_equal(http_header_once(&h, "Host", false, &v), 0);
+    assert_int_equal(v->len, 1);
+    /* Identical duplicates may pass where the caller allows them; different ones never. */
+    assert_int_equal(http_header_once(&h, "Content-Length", true, &v), 0);
+    assert_int_equal(v->len, 1);
+    assert_int_equal(http_header_once(&h, "Content-Length", false, &v), -1);
+    assert_int_equal(http_header_once(&h, "X", true, &v), -1);
+    assert_int_equal(http_header_once(&h, "Absent", false, &v), 0);
+    assert_null(v);
+}
+
 static void test_request_rejects(void **state)
 {
     static const char *const bad[] = {
         "GET  / HTTP/1.1\r\n\r\n",
-        "GET / HTTP/2.0\r\n\r\n",
         "GET / HTTP/1.1 \r\n\r\n",
+        "GET / HTTP/12.0\r\n\r\n",
+        "GET / HTTP/1.x\r\n\r\n",
         "GET / HTTP/1.1 x\r\n\r\n",
         "GET / HTTP/1.\r\n\r\n",
         "GET / http/1.1\r\n\r\n",
@@ -400,6 +437,8 @@ int main(void)
         cmocka_unit_test(test_request),
         cmocka_unit_test(test_incremental),
         cmocka_unit_test(test_bare_lf),
+        cmocka_unit_test(test_request_versions),
+        cmocka_unit_test(test_header_once),
         cmocka_unit_test(test_request_rejects),
         cmocka_unit_test(test_response),
         cmocka_unit_test(test_max_headers),

@@ -260,16 +260,34 @@ static void test_invalid_keeps_id(void **state)
 
 static void test_escaped_keys(void **state)
 {
-    /* "\u0069d" is "id" once decoded, but keys are matched as raw bytes: no id here. */
-    static const char m[] = "{\"jsonrpc\":\"2.0\",\"method\":\"m\",\"\\u0069d\":1}";
+    /* "\u0069d" is "id": a request, not a notification that would get no reply. */
+    static const char m[] = "{\"jsonrpc\":\"2.0\",\"method\":\"m\",\"\\u0069d\":6}";
     struct jsonrpc_msg r;
 
     assert_int_equal(jsonrpc_scan(LIT(m), &r), 0);
+    assert_int_equal(r.kind, JSONRPC_KIND_REQUEST);
+    assert_int_equal(r.id.type, JSON_NUMBER);
+    assert_int_equal(r.id.len, 1);
+    assert_int_equal(m[r.id.off], '6');
+    /* Every member may be written so; and a second id, escaped or not, is a duplicate. */
+    assert_int_equal(jsonrpc_scan(LIT("{\"json\\u0072pc\":\"2.0\",\"\\u006d\\u0065thod\":\"m\","
+                                      "\"i\\u0064\":1}"),
+                                  &r),
+                     0);
+    assert_int_equal(r.kind, JSONRPC_KIND_REQUEST);
+    assert_int_equal(
+        jsonrpc_scan(LIT("{\"jsonrpc\":\"2.0\",\"method\":\"m\",\"id\":1,\"\\u0069d\":2}"), &r),
+        JSONRPC_INVALID_REQUEST);
+    /* Keys that only look close stay unknown: non-ASCII, NUL, too long once decoded. */
+    assert_int_equal(
+        jsonrpc_scan(LIT("{\"jsonrpc\":\"2.0\",\"method\":\"m\",\"\\u0000id\":1}"), &r), 0);
     assert_int_equal(r.kind, JSONRPC_KIND_NOTIFICATION);
-    assert_int_equal(r.id.type, JSON_NONE);
-    /* And an escaped "jsonrpc" key means the member is missing. */
-    assert_int_equal(jsonrpc_scan(LIT("{\"json\\u0072pc\":\"2.0\",\"method\":\"m\",\"id\":1}"), &r),
-                     JSONRPC_INVALID_REQUEST);
+    assert_int_equal(jsonrpc_scan(LIT("{\"jsonrpc\":\"2.0\",\"method\":\"m\",\"\\u0130d\":1}"), &r),
+                     0);
+    assert_int_equal(r.kind, JSONRPC_KIND_NOTIFICATION);
+    assert_int_equal(
+        jsonrpc_scan(LIT("{\"jsonrpc\":\"2.0\",\"method\":\"m\",\"\\u0069dentity\":1}"), &r), 0);
+    assert_int_equal(r.kind, JSONRPC_KIND_NOTIFICATION);
 }
 
 static void test_parse_error(void **state)
@@ -543,6 +561,30 @@ static void test_method_flags(void **state)
     assert_int_equal(method_flags(NULL, 0), 0);
 }
 
+/* Known names are sorted and each is found at its own index; near misses are not known. */
+static void test_method_known(void **state)
+{
+    (void)state;
+    for (unsigned i = 0; i < METHOD_KNOWN_COUNT; i++) {
+        const char *name = method_known_name(i);
+        assert_non_null(name);
+        if (i > 0)
+            assert_true(strcmp(method_known_name(i - 1), name) < 0);
+        assert_int_equal(method_known(name, strlen(name)), (int)i);
+    }
+    assert_null(method_known_name(METHOD_KNOWN_COUNT));
+    assert_true(method_known("state_getStorage", 16) >= 0);
+    assert_true(method_known("author_submitExtrinsic", 22) >= 0);
+    assert_true(method_known("subpool_status", 14) >= 0);
+    assert_int_equal(method_known("state_getStorag", 15), -1);
+    assert_int_equal(method_known("state_getStorageX", 17), -1);
+    assert_int_equal(method_known("devnode_sleep", 13), -1);
+    assert_int_equal(method_known("", 0), -1);
+    /* Every method the table treats specially has a label of its own. */
+    assert_true(method_known("chain_subscribeNewHeads", 23) >= 0);
+    assert_true(method_known("transactionWatch_v1_submitAndWatch", 34) >= 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -554,7 +596,7 @@ int main(void)
         cmocka_unit_test(test_batch),         cmocka_unit_test(test_format_u64),
         cmocka_unit_test(test_error_objects), cmocka_unit_test(test_error_truncation),
         cmocka_unit_test(test_escape),        cmocka_unit_test(test_escape_truncation),
-        cmocka_unit_test(test_method_flags),
+        cmocka_unit_test(test_method_flags),  cmocka_unit_test(test_method_known),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
