@@ -27,6 +27,8 @@ struct config {
     uint64_t max_request;
     unsigned max_batch;
     unsigned max_subs_per_upstream;
+    unsigned client_max_subscriptions;
+    unsigned max_subscription_keys;
     unsigned max_clients;
     unsigned max_clients_per_uid; /* 0: off */
     unsigned handshake_timeout_ms;

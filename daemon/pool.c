@@ -25,6 +25,7 @@
 #include <openssl/ssl.h>
 
 #include "clock.h"
+#include "htab.h"
 #include "log.h"
 #include "networks.h"
 #include "server.h"
@@ -819,6 +820,8 @@ struct pool *pool_free(struct pool *p)
     /* After every upstream: their sessions hold references to it. */
     if (p->tls)
         SSL_CTX_free(p->tls);
+    for (unsigned i = 0; p->members && i < p->n; i++)
+        htab_free(&p->members[i].subs_by_id);
     free(p->members);
     free(p->endpoints);
     free(p);

@@ -92,6 +92,60 @@ static void request_free(struct request *r)
     free(r);
 }
 
+/* The wait list r belongs on: its client's, or the router's own. */
+static struct waitq *owner_waitq(struct router *rt, struct request *r)
+{
+    return r->session ? session_waitq(r->session, r->pick) : &rt->internal[r->pick];
+}
+
+/* Queue r behind its owner's other waiting requests (in front of them: a retry). */
+static void queue_push(struct router *rt, struct request *r, bool front)
+{
+    struct waitq *wq = owner_waitq(rt, r);
+
+    if (front)
+        TAILQ_INSERT_HEAD(&wq->reqs, r, q_link);
+    else
+        TAILQ_INSERT_TAIL(&wq->reqs, r, q_link);
+    if (!wq->on_ring) {
+        if (front)
+            TAILQ_INSERT_HEAD(&rt->ring[r->pick], wq, link);
+        else
+            TAILQ_INSERT_TAIL(&rt->ring[r->pick], wq, link);
+        wq->on_ring = true;
+    }
+    r->wq = wq;
+    r->queued = true;
+    rt->n_queued++;
+    rt->n_queued_pick[r->pick]++;
+}
+
+static void queue_remove(struct router *rt, struct request *r)
+{
+    struct waitq *wq = r->wq;
+
+    TAILQ_REMOVE(&wq->reqs, r, q_link);
+    if (TAILQ_EMPTY(&wq->reqs)) {
+        TAILQ_REMOVE(&rt->ring[r->pick], wq, link);
+        wq->on_ring = false;
+    }
+    r->wq = NULL;
+    r->queued = false;
+    rt->n_queued--;
+    rt->n_queued_pick[r->pick]--;
+}
+
+/* Some waiting request, or NULL. */
+static struct request *queue_any(struct router *rt)
+{
+    for (int k = 0; k < WAIT_KINDS; k++) {
+        struct waitq *wq = TAILQ_FIRST(&rt->ring[k]);
+        if (wq)
+            return TAILQ_FIRST(&wq->reqs);
+    }
+    return NULL;
+}
+
 /* Take r out of whatever it sits on (the queue or an upstream) and out of its session. */
 static void request_unlink(struct router *rt, struct request *r)
 {
@@ -103,10 +157,7 @@ static void request_unlink(struct router *rt, struct request *r)
         table_remove(rt, r);
         r->member = NULL;
     } else if (r->queued) {
-        TAILQ_REMOVE(&rt->queue, r, q_link);
-        rt->n_queued--;
-        rt->n_queued_pick[r->pick]--;
-        r->queued = false;
+        queue_remove(rt, r);
     }
     if (r->session)
         session_request_removed(r->session, r);
@@ -178,7 +229,10 @@ struct router *router_new(struct server *srv)
         free(rt);
         return NULL;
     }
-    TAILQ_INIT(&rt->queue);
+    for (int k = 0; k < WAIT_KINDS; k++) {
+        TAILQ_INIT(&rt->ring[k]);
+        TAILQ_INIT(&rt->internal[k].reqs);
+    }
     rt->next_uid = 1;
     tv.tv_sec = srv->cfg->request_timeout_ms / 1000;
     tv.tv_usec = (srv->cfg->request_timeout_ms % 1000) * 1000;
@@ -202,7 +256,7 @@ struct router *router_free(struct router *rt)
 
     if (!rt)
         return NULL;
-    while ((r = TAILQ_FIRST(&rt->queue))) {
+    while ((r = queue_any(rt))) {
         request_unlink(rt, r);
         request_free(r);
     }
@@ -249,54 +303,39 @@ static bool request_send(struct router *rt, struct request *r)
     return true;
 }
 
-static void queue_push(struct router *rt, struct request *r, bool front)
-{
-    if (front)
-        TAILQ_INSERT_HEAD(&rt->queue, r, q_link);
-    else
-        TAILQ_INSERT_TAIL(&rt->queue, r, q_link);
-    r->queued = true;
-    rt->n_queued++;
-    rt->n_queued_pick[r->pick]++;
-}
-
-static void queue_remove(struct router *rt, struct request *r)
-{
-    TAILQ_REMOVE(&rt->queue, r, q_link);
-    r->queued = false;
-    rt->n_queued--;
-    rt->n_queued_pick[r->pick]--;
-}
-
 /*
- * Requests wait in one FIFO, but not all of them need the same thing: a
- * subscription waits for a link under the subscription cap, a plain request
- * for one under the in-flight cap. One that cannot be placed must not hold
- * up those behind it that can; requests of the same kind keep their order.
+ * Requests wait per owner, and owners take turns: each one with requests
+ * waiting sends one, then goes to the back of the ring, so one client's 50k
+ * queued requests hold another's single call back by one turn, not 50k.
+ * Subscriptions wait for a link under the subscription cap, plain requests
+ * for one under the in-flight cap: two rings, so one kind that cannot be
+ * placed never holds up the other. Each request placed costs O(1); the
+ * first that cannot be placed ends its ring's pass.
  */
-void router_dispatch(struct router *rt)
+static void dispatch_kind(struct router *rt, enum request_pick pick)
 {
-    bool stuck[3] = {false, false, false};
-    struct request *r, *next;
+    struct waitq *wq;
 
-    for (r = TAILQ_FIRST(&rt->queue); r; r = next) {
-        next = TAILQ_NEXT(r, q_link);
-        if (stuck[r->pick])
-            continue;
+    while ((wq = TAILQ_FIRST(&rt->ring[pick]))) {
+        struct request *r = TAILQ_FIRST(&wq->reqs);
+
+        rt->dispatch_visits++;
         queue_remove(rt, r);
         if (!request_send(rt, r)) {
-            if (next)
-                TAILQ_INSERT_BEFORE(next, r, q_link);
-            else
-                TAILQ_INSERT_TAIL(&rt->queue, r, q_link);
-            r->queued = true;
-            rt->n_queued++;
-            rt->n_queued_pick[r->pick]++;
-            stuck[r->pick] = true;
-            if (stuck[REQUEST_PICK_LOAD] && stuck[REQUEST_PICK_SUBS])
-                return;
+            queue_push(rt, r, true); /* its owner keeps its turn */
+            return;
+        }
+        if (wq->on_ring) {
+            TAILQ_REMOVE(&rt->ring[pick], wq, link);
+            TAILQ_INSERT_TAIL(&rt->ring[pick], wq, link);
         }
     }
+}
+
+void router_dispatch(struct router *rt)
+{
+    dispatch_kind(rt, REQUEST_PICK_LOAD);
+    dispatch_kind(rt, REQUEST_PICK_SUBS);
 }
 
 void router_submit(struct router *rt, struct session *s, struct batch *b, const char *buf,
@@ -578,7 +617,7 @@ void router_fail_all(struct router *rt, int code, const char *message)
 {
     struct request *r;
 
-    while ((r = TAILQ_FIRST(&rt->queue)))
+    while ((r = queue_any(rt)))
         request_fail(rt, r, code, message);
     for (size_t i = 0; i < rt->table_size; i++)
         while ((r = rt->table[i]))

@@ -21,6 +21,7 @@
 
 #include "account.h"
 #include "config.h"
+#include "htab.h"
 #include "jsonrpc.h"
 
 struct session;
@@ -30,6 +31,20 @@ struct listener;
 struct upstream;
 
 TAILQ_HEAD(request_list, request);
+
+/*
+ * One owner's requests waiting for an upstream (a client's, or the daemon's
+ * own), in order. Owners with waiting requests take turns (router.c).
+ */
+struct waitq {
+    struct request_list reqs;
+    bool on_ring;
+    TAILQ_ENTRY(waitq) link; /* router->ring[pick] */
+};
+TAILQ_HEAD(waitq_ring, waitq);
+
+/* Kinds of requests that may wait (REQUEST_PICK_TARGET ones never do). */
+#define WAIT_KINDS 2
 TAILQ_HEAD(session_list, session);
 TAILQ_HEAD(sub_list, sub);
 TAILQ_HEAD(orphan_list, orphan);
@@ -65,6 +80,7 @@ struct request {
     bool retried;               /* a read gets one retry after an upstream loss */
     bool queued;                /* on the router's wait queue */
     struct pool_member *member; /* where it was sent; NULL while queued */
+    struct waitq *wq;           /* while queued: the owner's wait list it is on */
     enum request_pick pick;
     struct pool_member *target; /* with REQUEST_PICK_TARGET */
     request_done_fn *done;      /* internal requests: who gets the reply */
@@ -86,6 +102,7 @@ struct pool_member {
     uint64_t requests;       /* sent, total */
     struct request_list sent;
     struct sub_list subs;
+    struct htab subs_by_id;     /* its active subs by upstream subscription id */
     struct orphan_list orphans; /* notifications that came before their subscribe reply */
     unsigned n_orphans;
     /* Endpoint and health, kept by pool.c. */
@@ -156,12 +173,14 @@ struct pool {
 
 struct router {
     struct server *srv;
-    struct request **table; /* uid -> request, chained */
-    size_t table_size;      /* power of two */
-    size_t n_live;          /* requests in the table (sent) */
-    struct request_list queue;
+    struct request **table;             /* uid -> request, chained */
+    size_t table_size;                  /* power of two */
+    size_t n_live;                      /* requests in the table (sent) */
+    struct waitq_ring ring[WAIT_KINDS]; /* owners with requests waiting, by pick, in turn */
+    struct waitq internal[WAIT_KINDS];  /* the daemon's own, and those whose client left */
     size_t n_queued;
-    size_t n_queued_pick[3]; /* by enum request_pick */
+    size_t n_queued_pick[WAIT_KINDS];
+    uint64_t dispatch_visits; /* requests looked at by dispatch: a debug counter for tests */
     uint64_t next_uid;
     const struct timeval *timeout_tv; /* a libevent common timeout */
     struct event *dispatch;           /* deferred dispatch after an upstream loss */
@@ -213,6 +232,7 @@ struct server {
     uint64_t next_session_id;
     struct uid_count *uids[UID_BUCKETS];
     struct sub_list subs; /* every upstream subscription */
+    struct htab shared;   /* shared subs by key */
     unsigned n_subs;
     uint64_t next_sub_id;
     /* Reload: the new pool connects as pool_next, then replaces pool, which retires. */
@@ -263,6 +283,8 @@ void session_deliver(struct session *s, struct batch *b, const struct iovec *par
 /* An error reply echoing id (NULL = null). */
 void session_error(struct session *s, struct batch *b, const char *id, size_t id_len, int code,
                    const char *message);
+/* The wait list of s's requests of this kind (REQUEST_PICK_LOAD or _SUBS). */
+struct waitq *session_waitq(struct session *s, enum request_pick pick);
 /* The router attached or detached one of s's requests. */
 void session_request_added(struct session *s, struct request *r);
 void session_request_removed(struct session *s, struct request *r);

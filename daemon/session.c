@@ -35,6 +35,11 @@ uint64_t session_id(const struct session *s)
     return s->id;
 }
 
+struct waitq *session_waitq(struct session *s, enum request_pick pick)
+{
+    return &s->wait[pick];
+}
+
 struct subscriber_list *session_subscribers(struct session *s)
 {
     return &s->subscribers;
@@ -433,13 +438,13 @@ bool session_over_budget(const struct session *s)
     const struct config *cfg = s->srv->cfg;
     const uint64_t *by = s->acct.by;
 
-    return s->n_requests >= cfg->client_max_in_flight ||
+    return s->n_requests + s->n_subs_pending >= cfg->client_max_in_flight ||
            by[CHARGE_PENDING] >= cfg->client_max_pending ||
            by[CHARGE_OUTPUT] + ws_session_queued(s) - s->ws_charged >= cfg->client_max_output / 2;
 }
 
 /* A paused client may be under its limits again: look at its input once more. */
-static void session_maybe_resume(struct session *s)
+void session_maybe_resume(struct session *s)
 {
     if (s->read_paused && !session_over_budget(s)) {
         s->read_paused = false;
@@ -850,6 +855,8 @@ struct session *session_new(struct server *srv, int fd, bool tcp, const struct p
     s->srv = srv;
     s->id = ++srv->next_session_id;
     TAILQ_INIT(&s->requests);
+    for (int k = 0; k < WAIT_KINDS; k++)
+        TAILQ_INIT(&s->wait[k].reqs);
     TAILQ_INIT(&s->batches);
     TAILQ_INIT(&s->subscribers);
     s->tcp = tcp;

@@ -40,7 +40,10 @@ struct session {
     TAILQ_ENTRY(session) doom_link; /* srv->doomed */
     struct request_list requests;
     unsigned n_requests;
-    struct account acct;     /* what the daemon holds for this client (account.c) */
+    struct waitq wait[WAIT_KINDS]; /* its requests waiting for an upstream (router.c) */
+    unsigned n_subscribers;        /* its subscriptions (subs.c) */
+    unsigned n_subs_pending;       /* of them, those whose reply it still waits for */
+    struct account acct;           /* what the daemon holds for this client (account.c) */
     struct event hs_timer;   /* handshake_timeout: armed while a first request or a head is due */
     struct event idle_timer; /* client_idle_timeout */
     uint64_t last_read_ms;   /* monotonic, for the idle timeout */
@@ -90,6 +93,8 @@ void session_resume(struct session *s);
 /* Read nothing more from the client until session_resume(). */
 void session_read_stop(struct session *s);
 bool session_over_budget(const struct session *s);
+/* Read a paused client again if it is now under its limits. */
+void session_maybe_resume(struct session *s);
 /* Stop reading a client over its limits; true when it was. */
 bool session_pause_if_over(struct session *s);
 /* A request head or the first request is due within handshake_timeout (armed once). */

@@ -32,6 +32,7 @@ enum sub_state {
 
 /* One key of a storage subscription and its latest value, both as JSON. */
 struct storage_item {
+    struct hnode node; /* sub->item_index, by key */
     char *key;
     size_t key_len;
     char *value;
@@ -52,6 +53,8 @@ struct sub {
     size_t up_id_len;
     struct request *req; /* the subscribe in flight */
     struct event retry;
+    struct hnode shared_node; /* srv->shared, by key */
+    struct hnode id_node;     /* member->subs_by_id, by up_id, while active */
     struct subscriber_list subscribers;
     unsigned n_subscribers;
     char *notif_method; /* from the first notification */
@@ -62,8 +65,9 @@ struct sub {
      * needs every key, so the latest value of each is kept.
      */
     bool storage;
-    struct storage_item *items;
-    size_t n_items;
+    struct storage_item **items; /* in the order first seen */
+    size_t n_items, cap_items;
+    struct htab item_index;
     uint64_t delivered;
     TAILQ_ENTRY(sub) link;   /* srv->subs */
     TAILQ_ENTRY(sub) m_link; /* member->subs */
@@ -79,7 +83,8 @@ struct subscriber {
     bool announced;        /* the client has its reply: notifications may flow */
     struct evbuffer *held; /* notifications that came before the batch reply went out */
     unsigned n_held;
-    TAILQ_ENTRY(subscriber) s_link;   /* session's list */
+    int64_t charged;                /* its record, request id and params, charged to the session */
+    TAILQ_ENTRY(subscriber) s_link; /* session's list */
     TAILQ_ENTRY(subscriber) sub_link; /* sub->subscribers */
 };
 
@@ -225,6 +230,7 @@ static void sub_detach_member(struct sub *sub)
 {
     if (!sub->member)
         return;
+    htab_remove(&sub->member->subs_by_id, &sub->id_node);
     TAILQ_REMOVE(&sub->member->subs, sub, m_link);
     sub->member->n_subs--;
     sub->member = NULL;
@@ -241,6 +247,8 @@ static void sub_free(struct sub *sub)
     if (event_initialized(&sub->retry))
         evtimer_del(&sub->retry);
     TAILQ_REMOVE(&sub->srv->subs, sub, link);
+    if (sub->key)
+        htab_remove(&sub->srv->shared, &sub->shared_node);
     sub_count(sub->srv, -1);
     free(sub->key);
     free(sub->method);
@@ -249,10 +257,12 @@ static void sub_free(struct sub *sub)
     free(sub->notif_method);
     free(sub->last);
     for (size_t i = 0; i < sub->n_items; i++) {
-        free(sub->items[i].key);
-        free(sub->items[i].value);
+        free(sub->items[i]->key);
+        free(sub->items[i]->value);
+        free(sub->items[i]);
     }
     free(sub->items);
+    htab_free(&sub->item_index);
     free(sub);
 }
 
@@ -264,7 +274,38 @@ static char *memdup(const char *p, size_t n)
     return c;
 }
 
-/* Fold one storage notification's changes into the kept values. */
+/* The kept item of a storage key, added (without a value) when new; NULL when out of memory. */
+static struct storage_item *storage_item_get(struct sub *sub, const char *key, size_t len)
+{
+    uint32_t h = htab_hash(key, len);
+    struct storage_item *it;
+
+    for (struct hnode *e = htab_first(&sub->item_index, h); e; e = htab_next(e)) {
+        it = htab_entry(e, struct storage_item, node);
+        if (it->key_len == len && memcmp(it->key, key, len) == 0)
+            return it;
+    }
+    if (sub->n_items == sub->cap_items) {
+        size_t cap = sub->cap_items ? sub->cap_items * 2 : 16;
+        struct storage_item **ni = realloc(sub->items, cap * sizeof(*ni));
+        if (!ni)
+            return NULL;
+        sub->items = ni;
+        sub->cap_items = cap;
+    }
+    it = calloc(1, sizeof(*it));
+    if (!it || !(it->key = memdup(key, len)) || htab_insert(&sub->item_index, &it->node, h) < 0) {
+        if (it)
+            free(it->key);
+        free(it);
+        return NULL;
+    }
+    it->key_len = len;
+    sub->items[sub->n_items++] = it;
+    return it;
+}
+
+/* Fold one storage notification's changes into the kept values: O(1) per change. */
 static void storage_merge(struct sub *sub, const char *res, size_t len)
 {
     struct json_span whole = {0, len, JSON_OBJECT}, key, val, changes = {0}, pair, k, v;
@@ -279,32 +320,20 @@ static void storage_merge(struct sub *sub, const char *res, size_t len)
         return;
     pos = 0;
     while (json_array_next(res, &changes, &pos, &pair) > 0) {
-        size_t ppos = 0, i;
+        struct storage_item *item;
+        size_t ppos = 0;
         if (pair.type != JSON_ARRAY || json_array_next(res, &pair, &ppos, &k) <= 0 ||
             json_array_next(res, &pair, &ppos, &v) <= 0)
             continue;
-        for (i = 0; i < sub->n_items; i++)
-            if (sub->items[i].key_len == k.len &&
-                memcmp(sub->items[i].key, res + k.off, k.len) == 0)
-                break;
-        if (i == sub->n_items) {
-            struct storage_item *ni = realloc(sub->items, (i + 1) * sizeof(*ni));
-            if (!ni)
-                return;
-            sub->items = ni;
-            ni[i].key = memdup(res + k.off, k.len);
-            ni[i].key_len = k.len;
-            ni[i].value = NULL;
-            if (!ni[i].key)
-                return;
-            sub->n_items++;
-        }
+        item = storage_item_get(sub, res + k.off, k.len);
+        if (!item)
+            return;
         char *nv = memdup(res + v.off, v.len);
         if (!nv)
             return;
-        free(sub->items[i].value);
-        sub->items[i].value = nv;
-        sub->items[i].value_len = v.len;
+        free(item->value);
+        item->value = nv;
+        item->value_len = v.len;
     }
 }
 
@@ -315,6 +344,7 @@ static char *storage_current(const struct sub *sub, size_t *ret_len)
     struct json_span whole = {0, sub->last_len, JSON_OBJECT}, key, val, block = {0};
     size_t pos = 0, n;
     char *out = NULL;
+    bool first = true;
 
     if (!eb)
         return NULL;
@@ -329,11 +359,15 @@ static char *storage_current(const struct sub *sub, size_t *ret_len)
         evbuffer_add(eb, "null", 4);
     evbuffer_add(eb, ",\"changes\":[", 12);
     for (size_t i = 0; i < sub->n_items; i++) {
-        evbuffer_add(eb, i ? ",[" : "[", i ? 2 : 1);
-        evbuffer_add(eb, sub->items[i].key, sub->items[i].key_len);
+        const struct storage_item *it = sub->items[i];
+        if (!it->value)
+            continue;
+        evbuffer_add(eb, first ? "[" : ",[", first ? 1 : 2);
+        evbuffer_add(eb, it->key, it->key_len);
         evbuffer_add(eb, ",", 1);
-        evbuffer_add(eb, sub->items[i].value, sub->items[i].value_len);
+        evbuffer_add(eb, it->value, it->value_len);
         evbuffer_add(eb, "]", 1);
+        first = false;
     }
     evbuffer_add(eb, "]}", 2);
     n = evbuffer_get_length(eb);
@@ -377,15 +411,41 @@ static void sub_release(struct sub *sub)
     sub_free(sub);
 }
 
+/* Its subscribe reply is out (or never will be): it no longer counts as in flight. */
+static void subscriber_answered(struct subscriber *sb)
+{
+    if (!sb->req_id)
+        return;
+    free(sb->req_id);
+    sb->req_id = NULL;
+    sb->session->n_subs_pending--;
+    session_maybe_resume(sb->session);
+}
+
+/* Notifications held for sb, and what they were charged. */
+static void held_drop(struct subscriber *sb)
+{
+    if (!sb->held)
+        return;
+    account_charge(sb->session->srv, &sb->session->acct, CHARGE_SUBS,
+                   -(int64_t)evbuffer_get_length(sb->held));
+    evbuffer_free(sb->held);
+    sb->held = NULL;
+    sb->n_held = 0;
+}
+
 /* Take a subscriber off its sub and session and free it; the sub is left as it is. */
 static void subscriber_unlink(struct subscriber *sb)
 {
+    struct session *s = sb->session;
+
     TAILQ_REMOVE(&sb->sub->subscribers, sb, sub_link);
     sb->sub->n_subscribers--;
-    TAILQ_REMOVE(session_subscribers(sb->session), sb, s_link);
-    if (sb->held)
-        evbuffer_free(sb->held);
-    free(sb->req_id);
+    TAILQ_REMOVE(session_subscribers(s), sb, s_link);
+    s->n_subscribers--;
+    held_drop(sb);
+    subscriber_answered(sb);
+    account_charge(s->srv, &s->acct, CHARGE_SUBS, -sb->charged);
     free(sb);
 }
 
@@ -430,6 +490,7 @@ static void subscriber_send(struct subscriber *sb, const char *msg, size_t befor
     for (int i = 0; i < 3; i++)
         evbuffer_add(sb->held, parts[i].iov_base, parts[i].iov_len);
     sb->n_held++;
+    account_charge(sb->session->srv, &sb->session->acct, CHARGE_SUBS, (int64_t)(sizeof(n) + n));
 }
 
 /* A synthetic notification {"jsonrpc","method","params":{"subscription","result"|"error"}}. */
@@ -474,9 +535,11 @@ static void subscriber_reply(struct subscriber *sb)
      * batch, which is when subs_batch_done releases held notifications.
      */
     sb->req_id = NULL;
+    sb->session->n_subs_pending--;
     sb->announced = b == NULL;
     session_deliver(sb->session, b, parts, 5);
     free(req_id);
+    session_maybe_resume(sb->session);
 }
 
 /* The current value to a subscriber that just got its reply. */
@@ -612,8 +675,7 @@ static void sub_subscribed(void *ctx, struct pool_member *m, const char *msg, si
                     {"}", 1},
                 };
                 session_deliver(sb->session, sb->batch, parts, 5);
-                free(sb->req_id);
-                sb->req_id = NULL;
+                subscriber_answered(sb);
             } else if (err) {
                 subscriber_notify(sb, sub->notif_method ? sub->notif_method : sub->method, "error",
                                   err, strlen(err));
@@ -630,6 +692,12 @@ static void sub_subscribed(void *ctx, struct pool_member *m, const char *msg, si
     }
     memcpy(sub->up_id, msg + jm->result.off, jm->result.len);
     sub->up_id_len = jm->result.len;
+    if (htab_insert(&m->subs_by_id, &sub->id_node, htab_hash(sub->up_id, sub->up_id_len)) < 0) {
+        free(sub->up_id);
+        sub->up_id = NULL;
+        sub_end(sub, JSONRPC_INTERNAL_ERROR, "out of memory");
+        return;
+    }
     sub->member = m;
     m->n_subs++;
     TAILQ_INSERT_TAIL(&m->subs, sub, m_link);
@@ -661,10 +729,13 @@ static void sub_start(struct sub *sub)
 
 static struct sub *sub_find(struct server *srv, const char *key)
 {
-    struct sub *sub;
-    TAILQ_FOREACH(sub, &srv->subs, link)
-    if (sub->key && strcmp(sub->key, key) == 0)
-        return sub;
+    uint32_t h = htab_hash(key, strlen(key));
+
+    for (struct hnode *e = htab_first(&srv->shared, h); e; e = htab_next(e)) {
+        struct sub *sub = htab_entry(e, struct sub, shared_node);
+        if (strcmp(sub->key, key) == 0)
+            return sub;
+    }
     return NULL;
 }
 
@@ -673,6 +744,50 @@ static void format_sub_id(struct server *srv, char out[SUB_ID_LEN + 1])
     /* Multiplying by an odd constant is a bijection: unique, not guessable at a glance. */
     uint64_t v = ++srv->next_sub_id * 0x9e3779b97f4a7c15ull;
     snprintf(out, SUB_ID_LEN + 1, "\"%016llx\"", (unsigned long long)v);
+}
+
+/* Storage keys a state_subscribeStorage asks for (elements of its first param). */
+static size_t storage_key_count(const char *buf, const struct json_span *params)
+{
+    struct json_span keys, k;
+    size_t pos = 0, n = 0;
+
+    if (params->type != JSON_ARRAY || json_array_next(buf, params, &pos, &keys) <= 0 ||
+        keys.type != JSON_ARRAY)
+        return 0;
+    pos = 0;
+    while (json_array_next(buf, &keys, &pos, &k) > 0)
+        n++;
+    return n;
+}
+
+/* A client's subscribe over one of its limits or the queue's: refused with an error, true. */
+static bool subscribe_refused(struct server *srv, struct session *s, struct batch *b,
+                              const char *buf, const struct jsonrpc_msg *m,
+                              const struct method_info *mi)
+{
+    const struct config *cfg = srv->cfg;
+    char msg[160];
+    int code = SUBPOOL_ERR_LIMIT;
+    size_t n;
+
+    if (s->n_subscribers >= cfg->client_max_subscriptions) {
+        snprintf(msg, sizeof(msg), "this client holds %u subscriptions (client_max_subscriptions)",
+                 s->n_subscribers);
+    } else if (mi->share && strcmp(mi->share, "state_subscribeStorage") == 0 &&
+               (n = storage_key_count(buf, &m->params)) > cfg->max_subscription_keys) {
+        snprintf(msg, sizeof(msg), "%zu storage keys exceed max_subscription_keys (%u)", n,
+                 cfg->max_subscription_keys);
+    } else if (srv->router->n_queued >= cfg->queue_max) {
+        code = SUBPOOL_ERR_UNAVAILABLE;
+        snprintf(msg, sizeof(msg), "request queue full (%u waiting for an upstream)",
+                 cfg->queue_max);
+    } else {
+        return false;
+    }
+    srv->stats.errors++;
+    session_error(s, b, buf + m->id.off, m->id.len, code, msg);
+    return true;
 }
 
 void subs_subscribe(struct server *srv, struct session *s, struct batch *b, const char *buf,
@@ -684,6 +799,8 @@ void subs_subscribe(struct server *srv, struct session *s, struct batch *b, cons
     size_t params_len = 0;
     bool created = false;
 
+    if (subscribe_refused(srv, s, b, buf, m, mi))
+        return;
     params = normalise_params(buf, &m->params, mi->share, &params_len);
     if (!params)
         goto nomem;
@@ -714,6 +831,13 @@ void subs_subscribe(struct server *srv, struct session *s, struct batch *b, cons
         evtimer_assign(&sub->retry, srv->base, retry_cb, sub);
         TAILQ_INSERT_TAIL(&srv->subs, sub, link);
         sub_count(srv, 1);
+        if (sub->key && htab_insert(&srv->shared, &sub->shared_node,
+                                    htab_hash(sub->key, strlen(sub->key))) < 0) {
+            free(sub->key); /* not in the table: sub_free must not look for it there */
+            sub->key = NULL;
+            sub_free(sub);
+            goto nomem;
+        }
         if (!sub->method || (mi->unsubscribe && !sub->unsub)) {
             sub_free(sub);
             goto nomem;
@@ -737,6 +861,11 @@ void subs_subscribe(struct server *srv, struct session *s, struct batch *b, cons
     TAILQ_INSERT_TAIL(&sub->subscribers, sb, sub_link);
     sub->n_subscribers++;
     TAILQ_INSERT_TAIL(session_subscribers(s), sb, s_link);
+    s->n_subscribers++;
+    s->n_subs_pending++; /* in flight, for client_max_in_flight, until its reply */
+    /* What it holds: its record, its request id, and the params it asked the node for. */
+    sb->charged = (int64_t)(sizeof(*sb) + sb->req_id_len + sub->params_len);
+    account_charge(srv, &s->acct, CHARGE_SUBS, sb->charged);
     if (created) {
         sub_start(sub);
     } else if (sub->state == SUB_ACTIVE) {
@@ -814,6 +943,8 @@ void subs_batch_done(struct subscriber_list *list, struct batch *b)
             struct iovec part = {evbuffer_pullup(sb->held, n), n};
             session_deliver(sb->session, NULL, &part, 1);
             evbuffer_drain(sb->held, n);
+            account_charge(sb->session->srv, &sb->session->acct, CHARGE_SUBS,
+                           -(int64_t)(sizeof(n) + n));
         }
         sb->n_held = 0;
     }
@@ -880,8 +1011,9 @@ void subs_on_notification(struct server *srv, struct pool_member *m, const char 
         log_debug("upstream %u: dropped a notification without a subscription", m->index);
         return;
     }
-    TAILQ_FOREACH(sub, &m->subs, m_link)
-    {
+    for (struct hnode *e = htab_first(&m->subs_by_id, htab_hash(msg + jm->sub.off, jm->sub.len)); e;
+         e = htab_next(e)) {
+        sub = htab_entry(e, struct sub, id_node);
         if (sub->up_id_len == jm->sub.len &&
             memcmp(sub->up_id, msg + jm->sub.off, jm->sub.len) == 0) {
             sub_deliver(sub, msg, len, jm);
