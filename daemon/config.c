@@ -62,8 +62,10 @@ static const struct config_key config_keys[] = {
      "a request not answered within this gets an error", LIVE},
     {"max_message", CONFIG_SIZE, OFF(max_message), 1024, (uint64_t)1 << 32, "64M",
      "largest message accepted from a node; larger replies become an error", LIVE},
-    {"max_request", CONFIG_SIZE, OFF(max_request), 1024, (uint64_t)1 << 32, "16M",
-     "largest request line accepted from a client", LIVE},
+    {"max_request", CONFIG_SIZE, OFF(max_request), 1024, (uint64_t)1 << 32, "15M",
+     "largest request accepted from a client, and sent to a node once its id is replaced "
+     "(Substrate's default limit is 15M)",
+     LIVE},
     {"max_subs_per_upstream", CONFIG_UINT, OFF(max_subs_per_upstream), 1, 100000, "1024",
      "upstream subscriptions on one websocket (Substrate's default cap)", LIVE},
     {"client_max_subscriptions", CONFIG_UINT, OFF(client_max_subscriptions), 1, 1000000, "1024",

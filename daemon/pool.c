@@ -393,14 +393,13 @@ static void member_lost(struct upstream *u, const char *reason, bool unresponsiv
 {
     struct pool_member *m = arg;
     struct pool *p = m->pool;
-    (void)u;
 
     m->best_known = false;
     m->stale = false;
     m->draining = false;
     m->health_seq = 0;
     if (!m->watch) {
-        router_on_lost(p->srv->router, m, reason);
+        router_on_lost(p->srv->router, m, reason, upstream_lost_too_big(u));
         subs_on_lost(p->srv, m);
     }
     /* A node that stopped answering is down unless another link to it still works. */

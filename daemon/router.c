@@ -367,6 +367,16 @@ void router_submit(struct router *rt, struct session *s, struct batch *b, const 
     memcpy(r->wire, buf + w->off, head);
     memcpy(r->wire + head, uid, uid_len);
     memcpy(r->wire + head + uid_len, buf + id->off + id->len, tail);
+    if (r->wire_len > rt->srv->cfg->max_request) {
+        /* The id we put in its place is longer: still, what the node would refuse stays here. */
+        char m[128];
+        snprintf(m, sizeof(m), "request of %zu bytes as sent to the node exceeds max_request (%llu)",
+                 r->wire_len, (unsigned long long)rt->srv->cfg->max_request);
+        request_free(r);
+        rt->srv->stats.errors++;
+        session_error(s, b, buf + id->off, id->len, SUBPOOL_ERR_LIMIT, m);
+        return;
+    }
 
     r->session = s;
     r->batch = b;
@@ -414,6 +424,30 @@ void router_forget(struct router *rt, struct request *r)
     r->orig_id = NULL;
 }
 
+/* The largest request in flight on m: the one a node's "too big" is charged to. */
+static struct request *largest_sent(struct pool_member *m)
+{
+    struct request *r, *big = NULL;
+
+    TAILQ_FOREACH(r, &m->sent, q_link)
+    {
+        if (!big || r->wire_len > big->wire_len)
+            big = r;
+    }
+    return big;
+}
+
+static void fail_too_big(struct router *rt, struct request *r)
+{
+    char msg[160];
+
+    log_warn("upstream %u: the node refused a %zu-byte request as too large", r->member->index,
+             r->wire_len);
+    snprintf(msg, sizeof(msg), "request too large for the node (%zu bytes); it was not retried",
+             r->wire_len);
+    request_fail(rt, r, SUBPOOL_ERR_LIMIT, msg);
+}
+
 void router_on_message(struct router *rt, struct pool_member *m, const char *msg, size_t len)
 {
     struct jsonrpc_msg jm;
@@ -428,6 +462,16 @@ void router_on_message(struct router *rt, struct pool_member *m, const char *msg
     }
     if (jm.kind != JSONRPC_KIND_RESPONSE) {
         subs_on_notification(rt->srv, m, msg, len, &jm);
+        return;
+    }
+    if (jm.id.type == JSON_NULL && jm.error.type != JSON_NONE && (r = largest_sent(m))) {
+        /*
+         * A node that cannot read a request answers with a null id: our
+         * requests are valid JSON, so it could not take one for its size.
+         */
+        fail_too_big(rt, r);
+        router_dispatch(rt);
+        server_maybe_finish(rt->srv);
         return;
     }
     if (jm.id.type != JSON_NUMBER || !json_to_u64(msg, &jm.id, &uid) ||
@@ -485,11 +529,17 @@ void router_on_oversize(struct router *rt, struct pool_member *m, bool have_id, 
     server_maybe_finish(rt->srv);
 }
 
-void router_on_lost(struct router *rt, struct pool_member *m, const char *reason)
+void router_on_lost(struct router *rt, struct pool_member *m, const char *reason, bool too_big)
 {
     struct request_list retry = TAILQ_HEAD_INITIALIZER(retry);
     struct request *r;
     unsigned n_retry = 0, n_failed = 0;
+
+    /* A node that closes with 1009 cannot read what we sent: the largest is why. */
+    if (too_big && (r = largest_sent(m))) {
+        fail_too_big(rt, r);
+        n_failed++;
+    }
 
     while ((r = TAILQ_FIRST(&m->sent))) {
         TAILQ_REMOVE(&m->sent, r, q_link);

@@ -309,7 +309,8 @@ void router_reconfigure(struct router *rt);
 void router_on_message(struct router *rt, struct pool_member *m, const char *msg, size_t len);
 void router_on_oversize(struct router *rt, struct pool_member *m, bool have_id, uint64_t id,
                         uint64_t len);
-void router_on_lost(struct router *rt, struct pool_member *m, const char *reason);
+/* too_big: the node ended the link for a message too large for it. */
+void router_on_lost(struct router *rt, struct pool_member *m, const char *reason, bool too_big);
 void router_fail_all(struct router *rt, int code, const char *message);
 /* Forget requests whose client has gone (at shutdown, so it need not wait for them). */
 void router_drop_orphans(struct router *rt);

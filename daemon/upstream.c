@@ -176,6 +176,7 @@ struct upstream {
     bool retry_now;         /* upstream_reconnect(): next attempt without waiting */
     bool moving;            /* CLOSING on behalf of upstream_reconnect(), not upstream_close() */
     bool lost_unresponsive; /* argument of the pending ops->lost */
+    bool lost_too_big;      /* the node closed with 1009: something sent was too big for it */
 
     unsigned failures;       /* consecutive failed attempts or losses */
     unsigned retry_after_ms; /* the server asked to wait this long; 0 if not */
@@ -479,6 +480,7 @@ static void defer_cb(evutil_socket_t fd, short what, void *arg)
         /* The owner may call upstream_close() from here; checked below. */
         if (!u->close_requested && u->ops.lost)
             u->ops.lost(u, u->lost_reason, u->lost_unresponsive, u->arg);
+        u->lost_too_big = false;
     }
     if (u->failed_pending) {
         u->failed_pending = false;
@@ -705,8 +707,10 @@ static void ws_check_end(struct upstream *u)
                   (unsigned)wslay_event_get_status_code_sent(u->ws));
     else if (u->state == UPSTREAM_STATE_CLOSING)
         link_down(u, "peer answered the close");
-    else if (u->rxf.close_received)
+    else if (u->rxf.close_received) {
+        u->lost_too_big = u->rxf.close_code == 1009;
         link_down(u, "peer closed the websocket (code %u)", (unsigned)u->rxf.close_code);
+    }
     else
         link_down(u, "websocket ended");
 }
@@ -1838,6 +1842,11 @@ unsigned upstream_id(const struct upstream *u)
 const char *upstream_url(const struct upstream *u)
 {
     return u->url_text;
+}
+
+bool upstream_lost_too_big(const struct upstream *u)
+{
+    return u->lost_too_big;
 }
 
 uint64_t upstream_reconnects(const struct upstream *u)

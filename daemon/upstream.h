@@ -127,6 +127,8 @@ unsigned upstream_id(const struct upstream *u);
 const char *upstream_url(const struct upstream *u);
 /* Times the link went from READY to lost. */
 uint64_t upstream_reconnects(const struct upstream *u);
+/* In ops->lost: the node ended the link with 1009, a message of ours too big for it. */
+bool upstream_lost_too_big(const struct upstream *u);
 /* Wall-clock time (Unix seconds) at which the current state began. */
 double upstream_state_since(const struct upstream *u);
 /* Last failure in words, or NULL. */

@@ -168,10 +168,32 @@ static void conn_flush(struct conn *c)
         conn_kill(c);
 }
 
+/*
+ * After a 1009 the peer may still be sending the message that was too big:
+ * closing with its bytes unread would reset the connection, and the reset
+ * can overtake the close frame. Like a real server, read and drop what
+ * comes until the peer hangs up (or CLOSE_TIMEOUT), so it reads our code.
+ */
+static void conn_close_draining(struct conn *c)
+{
+    struct timeval tv = {CLOSE_TIMEOUT_S, 0};
+
+    c->state = CONN_CLOSING;
+    c->draining = true;
+    conn_uncount(c);
+    conn_drop_work(c);
+    bufferevent_set_timeouts(c->bev, &tv, &tv);
+    bufferevent_enable(c->bev, EV_READ);
+}
+
 /* After a close handshake (or a protocol error) wslay wants nothing more. */
 static void conn_check_done(struct conn *c)
 {
-    if (c->state == CONN_WS && !wslay_event_want_read(c->ws) && !wslay_event_want_write(c->ws))
+    if (c->state != CONN_WS || wslay_event_want_read(c->ws) || wslay_event_want_write(c->ws))
+        return;
+    if (wslay_event_get_status_code_sent(c->ws) == WSLAY_CODE_MESSAGE_TOO_BIG)
+        conn_close_draining(c);
+    else
         conn_close_after_flush(c);
 }
 
@@ -231,6 +253,17 @@ static void ws_on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_m
         return;
     if (arg->opcode != WSLAY_TEXT_FRAME && arg->opcode != WSLAY_BINARY_FRAME)
         return;
+    if (arg->msg_length > c->dn->opt.max_message) {
+        /* Only with --oversize-reply (else wslay closed with 1009): jsonrpsee's answer. */
+        struct evbuffer *eb = evbuffer_new();
+        static const char too_big[] = "{\"jsonrpc\":\"2.0\",\"error\":{\"code\":-32007,"
+                                      "\"message\":\"Request is too big\"},\"id\":null}";
+        if (eb && evbuffer_add(eb, too_big, sizeof(too_big) - 1) == 0)
+            conn_send_text(c, eb);
+        else if (eb)
+            evbuffer_free(eb);
+        return;
+    }
     /* arg->msg dies with this callback: rpc_handle copies what it keeps. */
     rpc_handle(c, (const char *)arg->msg, arg->msg_length);
 }
@@ -819,7 +852,8 @@ static void conn_handshake(struct conn *c)
         conn_kill(c);
         return;
     }
-    wslay_event_config_set_max_recv_msg_length(c->ws, dn->opt.max_message);
+    wslay_event_config_set_max_recv_msg_length(c->ws, dn->opt.oversize_reply ? (size_t)1 << 31
+                                                                             : dn->opt.max_message);
 
     /* Extensions (permessage-deflate) and subprotocols are never accepted. */
     evbuffer_drain(in, h.head_len);
@@ -863,6 +897,10 @@ static void conn_on_read(struct bufferevent *bev, void *arg)
 {
     struct conn *c = arg;
 
+    if (c->draining) {
+        evbuffer_drain(bufferevent_get_input(bev), evbuffer_get_length(bufferevent_get_input(bev)));
+        return;
+    }
     if (c->state == CONN_HTTP)
         conn_handshake(c);
     if (c->state == CONN_WS)
@@ -875,7 +913,7 @@ static void conn_on_write(struct bufferevent *bev, void *arg)
     struct evbuffer *out = bufferevent_get_output(bev);
 
     if (c->state == CONN_CLOSING) {
-        if (evbuffer_get_length(out) == 0)
+        if (evbuffer_get_length(out) == 0 && !c->draining)
             conn_kill(c);
         return;
     }
@@ -908,7 +946,7 @@ static void conn_on_event(struct bufferevent *bev, short what, void *arg)
     }
 
     /* A peer that only shut down its side still gets what is already written. */
-    if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) &&
+    if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) && !c->draining &&
         (c->state == CONN_WS || c->state == CONN_HTTP))
         conn_close_after_flush(c);
     else

@@ -37,6 +37,8 @@ static const char usage[] =
     "  --seed N               seed of every hash, value and jitter draw (default 0)\n"
     "  --fault KIND           start with this fault on every connection (see devnode_fault)\n"
     "  --max-message BYTES    largest websocket message accepted (default 67108864)\n"
+    "  --oversize-reply       answer a larger message with an id-null error and keep the\n"
+    "                         connection, as a Substrate node does (default: close, 1009)\n"
     "  --retry-after SECONDS  Retry-After of the 429 answers under refuse429 (default 1)\n"
     "  --tls-cert FILE        serve wss:// with this PEM certificate chain (needs --tls-key)\n"
     "  --tls-key FILE         the PEM private key of --tls-cert\n"
@@ -139,6 +141,7 @@ static int options_parse(int argc, char **argv, struct options *opt)
         O_FAULT,
         O_MAX,
         O_RETRY_AFTER,
+        O_OVERSIZE_REPLY,
         O_TLS_CERT,
         O_TLS_KEY,
         O_HELP
@@ -154,6 +157,7 @@ static int options_parse(int argc, char **argv, struct options *opt)
         {"fault", required_argument, NULL, O_FAULT},
         {"max-message", required_argument, NULL, O_MAX},
         {"retry-after", required_argument, NULL, O_RETRY_AFTER},
+        {"oversize-reply", no_argument, NULL, O_OVERSIZE_REPLY},
         {"tls-cert", required_argument, NULL, O_TLS_CERT},
         {"tls-key", required_argument, NULL, O_TLS_KEY},
         {"help", no_argument, NULL, O_HELP},
@@ -218,6 +222,9 @@ static int options_parse(int argc, char **argv, struct options *opt)
             name = "--max-message";
             r = parse_u64(optarg, 1024, (1u << 31) - 1, &v);
             opt->max_message = (size_t)v;
+            break;
+        case O_OVERSIZE_REPLY:
+            opt->oversize_reply = true;
             break;
         case O_RETRY_AFTER:
             name = "--retry-after";

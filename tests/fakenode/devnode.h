@@ -47,6 +47,7 @@ struct options {
     size_t metadata_size;
     size_t call_size;
     size_t max_message;
+    bool oversize_reply; /* over max_message: an id-null error, as jsonrpsee, not a 1009 close */
     uint64_t seed;
     enum fault_kind fault;
     uint32_t retry_after_s; /* Retry-After of the 429 answers */
@@ -144,6 +145,7 @@ struct conn {
     bool control;      /* opened on /control: exempt from scope "all" faults */
     bool in_recv;      /* inside wslay_event_recv: leave wslay_event_send for later */
     bool stalled;      /* FAULT_STALL */
+    bool draining;     /* closing after 1009: reading and dropping until the peer hangs up */
     bool reorder;      /* FAULT_REORDER */
     bool oversize;     /* FAULT_OVERSIZE, armed */
     bool read_paused;  /* too much unsent output: requests wait */

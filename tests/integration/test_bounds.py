@@ -12,6 +12,8 @@ import os
 import socket
 import threading
 
+import pytest
+
 import harness
 from localwire import OP_PING, Conn, rpc, ws_frame
 
@@ -386,3 +388,36 @@ def test_subscribes_count_against_the_queue_and_the_clients_in_flight(devnode, d
     assert status["queued"] == 6 and status["upstream_subscriptions"] <= 1 + 6, status
     a.close()
     b.close()
+
+
+@pytest.mark.parametrize("node_answer", ["close", "reply"])
+def test_a_request_too_big_for_the_node_is_refused_and_not_retried(devnode, daemon, node_answer):
+    """Item 7: a request the node refuses for its size made it drop the link; subpool retried
+    it on another link, which died too, and bystanders' requests failed with it. Now the
+    largest request in flight on the link is charged: it alone gets -32053, once; the other
+    reads in flight are answered. A node closes with 1009 (the devnode's default; the other
+    reads are retried) or answers an id-null error and keeps the link (jsonrpsee)."""
+    extra = ("--oversize-reply",) if node_answer == "reply" else ()
+    node = devnode(*extra, max_message=1 << 20)
+    d = daemon(node, pool_size=1, max_request="4M")
+    handshakes = node.stats()["handshakes"]
+    c = Conn(d)
+    c.send(rpc("devnode_sleep", [800], 1) + b"\n")
+    d.wait_status(lambda s: s["in_flight"] == 1, "the bystander's read in flight")
+    c.send(rpc("devnode_echo", ["x" * (2 << 20)], 2) + b"\n")
+    replies = {}
+    while len(replies) < 2:
+        msg = json.loads(c.read_until(b"\n", timeout=20))
+        replies[msg["id"]] = msg
+    assert replies[2]["error"]["code"] == harness.ERR_LIMIT, replies[2]
+    assert "too large" in replies[2]["error"]["message"], replies[2]
+    assert replies[1].get("result") is True, replies[1]
+    d.wait_upstreams_ready()
+    reconnects = 1 if node_answer == "close" else 0
+    assert node.stats()["handshakes"] == handshakes + reconnects, "the big request was sent again"
+    # Over max_request as sent to the node: refused here, the node never sees it.
+    c.send(rpc("devnode_echo", ["x" * (4 << 20)], 3) + b"\n")
+    msg = json.loads(c.read_until(b"\n", timeout=20))
+    assert msg["error"]["code"] == harness.ERR_LIMIT, msg
+    assert node.stats()["handshakes"] == handshakes + reconnects
+    c.close()
