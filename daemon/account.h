@@ -30,6 +30,8 @@ struct ledger {
     uint64_t peak;
     uint64_t budget;    /* max_client_memory, resolved */
     uint64_t cuts;      /* clients cut because the daemon budget was exceeded */
+    uint64_t trim_mark; /* highest total since memory was last given back (<= peak) */
+    uint64_t trims;     /* times it was */
     struct event *shed; /* deferred: cuts the largest clients until under budget */
 };
 
@@ -37,5 +39,7 @@ struct ledger {
 void account_charge(struct server *srv, struct account *a, enum charge kind, int64_t delta);
 /* Releases everything the account still holds (the client is being freed). */
 void account_release(struct server *srv, struct account *a);
+/* Once a second: give freed memory back to the system after a burst. */
+void account_trim(struct server *srv);
 /* max_client_memory, with 0 resolved from the host's memory. */
 uint64_t account_budget(uint64_t configured);

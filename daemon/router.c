@@ -370,8 +370,9 @@ void router_submit(struct router *rt, struct session *s, struct batch *b, const 
     if (r->wire_len > rt->srv->cfg->max_request) {
         /* The id we put in its place is longer: still, what the node would refuse stays here. */
         char m[128];
-        snprintf(m, sizeof(m), "request of %zu bytes as sent to the node exceeds max_request (%llu)",
-                 r->wire_len, (unsigned long long)rt->srv->cfg->max_request);
+        snprintf(m, sizeof(m),
+                 "request of %zu bytes as sent to the node exceeds max_request (%llu)", r->wire_len,
+                 (unsigned long long)rt->srv->cfg->max_request);
         request_free(r);
         rt->srv->stats.errors++;
         session_error(s, b, buf + id->off, id->len, SUBPOOL_ERR_LIMIT, m);

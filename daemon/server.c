@@ -308,11 +308,13 @@ static void notify_status(struct server *srv, bool force)
     sysd_notify("STATUS=%s", st);
 }
 
+/* Every second: systemd's STATUS= when it changed, and memory given back after a burst. */
 static void notify_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
     notify_status(arg, false);
+    account_trim(arg);
 }
 
 static void watchdog_cb(evutil_socket_t fd, short what, void *arg)

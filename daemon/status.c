@@ -109,10 +109,11 @@ static void status_build(struct server *srv, struct evbuffer *out)
     evbuffer_add_printf(
         out,
         ",\"client_memory\":{\"held\":%llu,\"peak\":%llu,\"budget\":%llu,"
-        "\"cuts\":%llu},\"work\":{\"dispatch_visits\":%llu,\"hash_probes\":%llu}}",
+        "\"cuts\":%llu,\"trims\":%llu},\"work\":{\"dispatch_visits\":%llu,\"hash_probes\":%llu}}",
         (unsigned long long)srv->ledger.total, (unsigned long long)srv->ledger.peak,
         (unsigned long long)srv->ledger.budget, (unsigned long long)srv->ledger.cuts,
-        (unsigned long long)srv->router->dispatch_visits, (unsigned long long)htab_probes);
+        (unsigned long long)srv->ledger.trims, (unsigned long long)srv->router->dispatch_visits,
+        (unsigned long long)htab_probes);
 }
 
 void status_handle(struct server *srv, struct session *s, struct batch *b, const char *buf,

@@ -710,8 +710,7 @@ static void ws_check_end(struct upstream *u)
     else if (u->rxf.close_received) {
         u->lost_too_big = u->rxf.close_code == 1009;
         link_down(u, "peer closed the websocket (code %u)", (unsigned)u->rxf.close_code);
-    }
-    else
+    } else
         link_down(u, "websocket ended");
 }
 

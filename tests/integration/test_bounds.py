@@ -10,6 +10,7 @@ has not taken a byte for a few seconds (it stopped reading them, which is the po
 import json
 import os
 import socket
+import subprocess
 import threading
 
 import pytest
@@ -421,3 +422,39 @@ def test_a_request_too_big_for_the_node_is_refused_and_not_retried(devnode, daem
     assert msg["error"]["code"] == harness.ERR_LIMIT, msg
     assert node.stats()["handshakes"] == handshakes + reconnects
     c.close()
+
+
+def sanitized(binary) -> bool:
+    out = subprocess.run(["ldd", str(binary)], capture_output=True, text=True).stdout
+    return "libasan" in out
+
+
+def vm_rss_mib(pid) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_memory_goes_back_to_the_system_after_a_burst(devnode, daemon):
+    """Item 13: after a burst the daemon stayed at its peak (glibc keeps what was freed in its
+    heaps). Once clients have given back their bytes, it is returned (malloc_trim)."""
+    if sanitized(harness.daemon_binary()):
+        pytest.skip("the sanitizer's allocator replaces glibc's, whose memory this is about")
+    node = devnode()
+    d = daemon(node, log_level="info")
+    start = vm_rss_mib(d.pid)
+    conns = []
+    for _ in range(32):
+        c = Conn(d)
+        conns.append(c)
+        c.send(b"".join(rpc("devnode_echo", ["y" * 1000], j) + b"\n" for j in range(2000)))
+    d.wait_status(lambda s: s["responses"] >= 32 * 2000, "every request answered", timeout=60)
+    peak = vm_rss_mib(d.pid)
+    assert peak > start + 48, f"the burst did not grow the daemon ({start:.0f} -> {peak:.0f} MiB)"
+    for c in conns:
+        c.close()
+    harness.poll(lambda: (vm_rss_mib(d.pid), d.status()["client_memory"]),
+                 lambda v: v[0] < start + 16, 15,
+                 f"the daemon back near its starting size ({start:.0f} MiB) from {peak:.0f} MiB")
+    assert d.status()["client_memory"]["trims"] >= 1
