@@ -1118,6 +1118,7 @@ void subs_free_all(struct server *srv)
     struct sub *sub;
     while ((sub = TAILQ_FIRST(&srv->subs)))
         sub_free(sub);
+    htab_free(&srv->shared);
     for (unsigned i = 0; srv->pool && i < srv->pool->n; i++)
         orphans_free(&srv->pool->members[i]);
 }
