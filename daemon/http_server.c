@@ -314,7 +314,10 @@ static void serve_metrics(struct session *s)
     metrics_render(s->srv, out);
     n = evbuffer_get_length(out);
     struct iovec iov = {evbuffer_pullup(out, (ev_ssize_t)n), n};
-    http_session_respond(s, 200, "text/plain; version=0.0.4; charset=utf-8", &iov, 1, false);
+    if (iov.iov_base)
+        http_session_respond(s, 200, "text/plain; version=0.0.4; charset=utf-8", &iov, 1, false);
+    else
+        respond_text(s, 503, "out of memory", true);
     evbuffer_free(out);
 }
 

@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <event2/dns.h>
 #include <getopt.h>
+#include <openssl/rand.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -19,6 +20,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "failalloc.h"
+#include "http.h"
 #include "log.h"
 #include "metrics.h"
 #include "msgbuf.h"
@@ -453,6 +456,7 @@ int main(int argc, char **argv)
     int rc = 1, unix_fd = -1, tcp_fd = -1;
     uint64_t watchdog_usec;
 
+    failalloc_init();
     log_init();
     srv.cfg = load_config(argc, argv, &srv.config_path, &check);
     srv.argc = argc;
@@ -497,6 +501,20 @@ int main(int argc, char **argv)
         log_error("out of memory at start-up");
         goto out;
     }
+    /*
+     * OpenSSL sets up its random generator and SHA-1 on first use; do that now,
+     * where a failure stops start-up. An allocation failure inside that set-up
+     * later on leaves OpenSSL broken for good: its random calls crash, and
+     * every WebSocket handshake's SHA-1 fails.
+     */
+    {
+        unsigned char seed;
+        char accept[WS_ACCEPT_LEN + 1];
+        if (RAND_bytes(&seed, 1) != 1 || ws_accept("warm-up", 7, accept) != 0) {
+            log_error("OpenSSL's random generator or SHA-1 could not be set up");
+            goto out;
+        }
+    }
     for (int i = 0; i < 3; i++) {
         sigs[i] = evsignal_new(srv.base, signums[i], signal_cb, &srv);
         if (!sigs[i] || evsignal_add(sigs[i], NULL) < 0)
@@ -539,6 +557,7 @@ int main(int argc, char **argv)
         log_error("%s", err);
         goto out;
     }
+    failalloc_arm();
     log_info("subpoold %s ready: %u upstreams over %u endpoints", SUBPOOL_VERSION,
              srv.cfg->pool_size, srv.cfg->n_upstreams);
     /* Listening and the pool exists: clients may come (requests wait for the first link). */

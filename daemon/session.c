@@ -288,12 +288,16 @@ static void batch_settle(struct batch *b)
         return;
     if (b->n_replies) {
         size_t n = evbuffer_get_length(b->out);
+        void *replies = evbuffer_pullup(b->out, (ev_ssize_t)n);
         struct iovec parts[3] = {
             {"[", 1},
-            {evbuffer_pullup(b->out, (ev_ssize_t)n), n},
+            {replies, n},
             {"]", 1},
         };
-        session_emit(s, parts, 3);
+        if (replies)
+            session_emit(s, parts, 3);
+        else
+            session_cut(s, "out of memory for a batch reply");
     }
     subs_batch_done(&s->subscribers, b);
     batch_free(b);

@@ -141,7 +141,9 @@ void status_handle(struct server *srv, struct session *s, struct batch *b, const
         session_error(s, b, id, msg->id.len, JSONRPC_METHOD_NOT_FOUND, "Method not found");
         return;
     }
-    {
+    if (evbuffer_get_length(out) && !evbuffer_pullup(out, -1)) {
+        session_error(s, b, id, msg->id.len, JSONRPC_INTERNAL_ERROR, "out of memory");
+    } else {
         size_t n = evbuffer_get_length(out);
         struct iovec parts[5] = {
             {(void *)head, sizeof(head) - 1},

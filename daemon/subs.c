@@ -503,16 +503,20 @@ static void subscriber_notify(struct subscriber *sb, const char *method, const c
 
     if (!eb)
         return;
-    evbuffer_add_printf(
-        eb, "{\"jsonrpc\":\"2.0\",\"method\":\"%s\",\"params\":{\"subscription\":", method);
+    bool ok = evbuffer_add_printf(eb,
+                                  "{\"jsonrpc\":\"2.0\",\"method\":\"%s\",\"params\":{"
+                                  "\"subscription\":",
+                                  method) > 0;
     before = evbuffer_get_length(eb);
-    evbuffer_add(eb, sb->id, SUB_ID_LEN);
-    evbuffer_add_printf(eb, ",\"%s\":", member);
-    evbuffer_add(eb, value, value_len);
-    evbuffer_add(eb, "}}", 2);
+    ok = ok && evbuffer_add(eb, sb->id, SUB_ID_LEN) == 0 &&
+         evbuffer_add_printf(eb, ",\"%s\":", member) > 0 &&
+         evbuffer_add(eb, value, value_len) == 0 && evbuffer_add(eb, "}}", 2) == 0;
     n = evbuffer_get_length(eb);
-    p = (const char *)evbuffer_pullup(eb, (ev_ssize_t)n);
-    subscriber_send(sb, p, before, before + SUB_ID_LEN, n);
+    p = ok ? (const char *)evbuffer_pullup(eb, (ev_ssize_t)n) : NULL;
+    if (p)
+        subscriber_send(sb, p, before, before + SUB_ID_LEN, n);
+    else
+        session_cut(sb->session, "out of memory for a notification");
     evbuffer_free(eb);
 }
 
@@ -941,6 +945,10 @@ void subs_batch_done(struct subscriber_list *list, struct batch *b)
             uint32_t n;
             evbuffer_remove(sb->held, &n, sizeof(n));
             struct iovec part = {evbuffer_pullup(sb->held, n), n};
+            if (!part.iov_base) {
+                session_cut(sb->session, "out of memory for a held notification");
+                break;
+            }
             session_deliver(sb->session, NULL, &part, 1);
             evbuffer_drain(sb->held, n);
             account_charge(sb->session->srv, &sb->session->acct, CHARGE_SUBS,
