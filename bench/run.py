@@ -72,14 +72,14 @@ class Failure(Exception):
 class Proc:
     """A child we started; stop() ends it by PID (SIGTERM, then SIGKILL)."""
 
-    def __init__(self, name, argv, logdir, stdout_pipe=False):
+    def __init__(self, name, argv, logdir, stdout_pipe=False, env=None):
         self.name = name
         self.argv = [str(a) for a in argv]
         self.log = logdir / f"{name}.log"
         with open(self.log, "wb") as log:
             self.popen = subprocess.Popen(
                 self.argv, stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE if stdout_pipe else log, stderr=log)
+                stdout=subprocess.PIPE if stdout_pipe else log, stderr=log, env=env)
         self.pid = self.popen.pid
         self.extra_pids = []  # e.g. nginx workers, stopped too if they outlive the master
 
@@ -195,13 +195,13 @@ class Stack:
         p.target = f"unix:{sock}"
         return p
 
-    def subpoold(self, name, node, pool_size=2, **keys):
+    def subpoold(self, name, node, pool_size=2, env=None, **keys):
         sock = self.tmp / f"{name}.sock"
         argv = [self.subpoold_bin, "--socket", sock, "--upstream", node.url,
                 "--pool-size", pool_size, "--log-level", "warn"]
         for k, v in keys.items():
             argv += ["-o", f"{k}={v}"]
-        p = Proc(name, argv, self.logdir)
+        p = Proc(name, argv, self.logdir, env=env)
         self.procs.append(p)
         p.socket = sock
         p.target = f"unix:{sock}"
