@@ -293,6 +293,7 @@ static bool request_send(struct router *rt, struct request *r)
         return false;
     if (upstream_send(m->u, r->wire, r->wire_len) < 0)
         return false;
+    r->sent_len = r->wire_len;
     r->member = m;
     m->in_flight++;
     m->requests++;
@@ -425,6 +426,23 @@ void router_forget(struct router *rt, struct request *r)
     r->orig_id = NULL;
 }
 
+/* Whether an error object's "code" is code, written as a plain integer. */
+static bool error_code_is(const char *msg, const struct json_span *err, int code)
+{
+    struct json_span key, val;
+    size_t pos = 0;
+    char text[16];
+    int n = snprintf(text, sizeof(text), "%d", code);
+
+    if (err->type != JSON_OBJECT)
+        return false;
+    while (json_object_next(msg, err, &pos, &key, &val) > 0)
+        if (json_string_eq(msg, &key, "code"))
+            return val.type == JSON_NUMBER && val.len == (size_t)n &&
+                   memcmp(msg + val.off, text, (size_t)n) == 0;
+    return false;
+}
+
 /* The largest request in flight on m: the one a node's "too big" is charged to. */
 static struct request *largest_sent(struct pool_member *m)
 {
@@ -432,7 +450,7 @@ static struct request *largest_sent(struct pool_member *m)
 
     TAILQ_FOREACH(r, &m->sent, q_link)
     {
-        if (!big || r->wire_len > big->wire_len)
+        if (!big || r->sent_len > big->sent_len)
             big = r;
     }
     return big;
@@ -443,9 +461,9 @@ static void fail_too_big(struct router *rt, struct request *r)
     char msg[160];
 
     log_warn("upstream %u: the node refused a %zu-byte request as too large", r->member->index,
-             r->wire_len);
+             r->sent_len);
     snprintf(msg, sizeof(msg), "request too large for the node (%zu bytes); it was not retried",
-             r->wire_len);
+             r->sent_len);
     request_fail(rt, r, SUBPOOL_ERR_LIMIT, msg);
 }
 
@@ -465,10 +483,12 @@ void router_on_message(struct router *rt, struct pool_member *m, const char *msg
         subs_on_notification(rt->srv, m, msg, len, &jm);
         return;
     }
-    if (jm.id.type == JSON_NULL && jm.error.type != JSON_NONE && (r = largest_sent(m))) {
+    if (jm.id.type == JSON_NULL && error_code_is(msg, &jm.error, JSONRPC_NODE_TOO_BIG) &&
+        (r = largest_sent(m))) {
         /*
-         * A node that cannot read a request answers with a null id: our
-         * requests are valid JSON, so it could not take one for its size.
+         * A node (jsonrpsee) that will not read a request for its size says so
+         * with a null id: the largest one in flight is the one, even if its
+         * client has left (sent_len is kept then).
          */
         fail_too_big(rt, r);
         router_dispatch(rt);

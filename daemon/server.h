@@ -74,6 +74,7 @@ struct request {
     size_t orig_id_len;
     char *wire; /* the request with uid in place of the id: kept for queueing and retry */
     size_t wire_len;
+    size_t sent_len; /* wire_len when it was last sent (kept after the client left) */
     unsigned flags;             /* METHOD_* */
     unsigned method_slot;       /* metrics */
     uint64_t start_ns;          /* arrival, for the latency histogram */
@@ -177,7 +178,7 @@ struct router {
     size_t table_size;                  /* power of two */
     size_t n_live;                      /* requests in the table (sent) */
     struct waitq_ring ring[WAIT_KINDS]; /* owners with requests waiting, by pick, in turn */
-    struct waitq internal[WAIT_KINDS];  /* the daemon's own, and those whose client left */
+    struct waitq internal[WAIT_KINDS];  /* the daemon's own (subscribes, health polls) */
     size_t n_queued;
     size_t n_queued_pick[WAIT_KINDS];
     uint64_t dispatch_visits; /* requests looked at by dispatch: a debug counter for tests */

@@ -13,6 +13,7 @@
 #define JSONRPC_METHOD_NOT_FOUND -32601
 #define JSONRPC_INVALID_PARAMS   -32602
 #define JSONRPC_INTERNAL_ERROR   -32603
+#define JSONRPC_NODE_TOO_BIG     -32007 /* a Substrate node (jsonrpsee): request over its limit */
 
 /* subpool's own block, -32050..-32099. Documented in the README. */
 #define SUBPOOL_ERR_UNAVAILABLE   -32050 /* no upstream became ready in time / queue full */

@@ -259,7 +259,7 @@ static void ws_on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_m
         static const char too_big[] = "{\"jsonrpc\":\"2.0\",\"error\":{\"code\":-32007,"
                                       "\"message\":\"Request is too big\"},\"id\":null}";
         if (eb && evbuffer_add(eb, too_big, sizeof(too_big) - 1) == 0)
-            conn_send_text(c, eb);
+            conn_reply(c, eb, &(struct reply_opts){0}); /* with --latency-ms, like any reply */
         else if (eb)
             evbuffer_free(eb);
         return;

@@ -10,13 +10,14 @@ has not taken a byte for a few seconds (it stopped reading them, which is the po
 import json
 import os
 import socket
+import struct
 import subprocess
 import threading
 
 import pytest
 
 import harness
-from localwire import OP_PING, Conn, rpc, ws_frame
+from localwire import OP_PING, Conn, rpc, tcp_daemon, ws_frame
 
 KiB, MiB = 1 << 10, 1 << 20
 
@@ -472,3 +473,25 @@ def test_memory_goes_back_to_the_system_after_a_burst(devnode, daemon):
                  lambda v: v[0] < start + 16, 15,
                  f"the daemon back near its starting size ({start:.0f} MiB) from {peak:.0f} MiB")
     assert d.status()["client_memory"]["trims"] >= 1
+
+
+def test_a_node_refusal_is_charged_to_the_big_request_even_when_its_client_left(devnode, daemon):
+    """Review of item 7: a request whose client has left stays in flight, but its size was
+    forgotten, so a node's "too big" was charged to the next largest: here another client's
+    write, which the node does run. The write must get the node's own answer."""
+    node = devnode("--oversize-reply", max_message=1 << 20, latency_ms=1000)
+    d = tcp_daemon(daemon, node, pool_size=1, max_request="4M")
+    a = Conn(d, "tcp")  # TCP: a reset ends it at once
+    a.send(rpc("devnode_echo", ["x" * (2 << 20)], 2) + b"\n")
+    d.wait_status(lambda s: s["in_flight"] == 1, "a's big request in flight")
+    b = Conn(d)
+    b.send(rpc("author_submitExtrinsic", ["0x0102"], 1) + b"\n")
+    d.wait_status(lambda s: s["in_flight"] == 2, "b's write in flight")
+    # Gone before the node answers, a second later: a reset, so the daemon drops a at once.
+    a.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    a.close()
+    d.wait_log("socket error")
+    d.wait_log("as too large")
+    reply = json.loads(b.read_until(b"\n", timeout=10))
+    assert "result" in reply, f"b's write was blamed for a's size: {reply}"
+    b.close()
