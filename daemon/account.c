@@ -6,7 +6,8 @@
  *
  *   conn     session.c   the session record and its buffers' fixed cost
  *   input    session.c   s->in, through an evbuffer callback: bytes read
- *                        and not yet parsed, in any framing
+ *                        and not yet parsed, in any framing;
+ *            ws_server.c bytes wslay took for a message not yet complete
  *   output   session.c   the socket's output buffer, through a callback:
  *                        replies, HTTP answers, 100 Continue, and every
  *                        frame wslay hands over (pongs and closes too);

@@ -68,6 +68,7 @@ struct session {
     bool ws_finished;  /* close frames exchanged or protocol error: close once flushed */
     bool ws_in_recv;   /* inside wslay_event_recv: only queue replies */
     size_t ws_charged; /* wslay's queue as last charged to the account */
+    size_t ws_partial; /* bytes wslay took from s->in for a message not yet complete */
     /* HTTP */
     bool http_busy;      /* a request is being answered; the next one waits */
     bool http_keep;      /* keep the connection after this response */

@@ -25,6 +25,11 @@ static ssize_t ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
      * would otherwise queue pongs without bound.
      */
     n = session_over_budget(s) ? 0 : evbuffer_remove(s->in, buf, len);
+    if (n > 0) {
+        /* Now in wslay's buffer, not s->in: still held for this client until the message ends. */
+        s->ws_partial += (size_t)n;
+        account_charge(s->srv, &s->acct, CHARGE_INPUT, n);
+    }
     if (n <= 0) {
         /* Returning 0 would stall wslay: "nothing now" must be WOULDBLOCK. */
         wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
@@ -50,9 +55,16 @@ static void ws_msg_cb(wslay_event_context_ptr ctx, const struct wslay_event_on_m
                       void *user_data)
 {
     struct session *s = user_data;
+    bool data = arg->opcode == WSLAY_TEXT_FRAME || arg->opcode == WSLAY_BINARY_FRAME;
+    /* A control frame ends only itself (its payload and a masked head of 6 bytes). */
+    size_t done = data ? s->ws_partial : arg->msg_length + 6;
     (void)ctx;
 
-    if (arg->opcode == WSLAY_TEXT_FRAME || arg->opcode == WSLAY_BINARY_FRAME)
+    if (done > s->ws_partial)
+        done = s->ws_partial;
+    s->ws_partial -= done;
+    account_charge(s->srv, &s->acct, CHARGE_INPUT, -(int64_t)done);
+    if (data)
         session_handle_text(s, (const char *)arg->msg, arg->msg_length);
 }
 

@@ -17,7 +17,7 @@ import threading
 import pytest
 
 import harness
-from localwire import OP_PING, Conn, rpc, tcp_daemon, ws_frame
+from localwire import OP_PING, OP_TEXT, Conn, rpc, tcp_daemon, ws_frame
 
 KiB, MiB = 1 << 10, 1 << 20
 
@@ -495,3 +495,23 @@ def test_a_node_refusal_is_charged_to_the_big_request_even_when_its_client_left(
     reply = json.loads(b.read_until(b"\n", timeout=10))
     assert "result" in reply, f"b's write was blamed for a's size: {reply}"
     b.close()
+
+
+def test_a_websocket_message_in_progress_is_charged(devnode, daemon):
+    """Review of item 1: wslay takes a message's bytes out of the input buffer as they come,
+    so a message left unfinished was held by nobody's account: many such connections could
+    hold gigabytes unseen. Its bytes are charged until it ends; over the budget it is cut."""
+    node = devnode()
+    d = daemon(node, max_client_memory="4M")
+    small = d.client()
+    assert small.call_ok("system_chain") == "Bittensor"
+    w = Conn(d)
+    assert w.ws_upgrade().status == 101
+    frame = ws_frame(OP_TEXT, b" " * (8 << 20))
+    sender = Sender(w, frame[: 6 << 20])  # three quarters of an 8 MiB message, then nothing
+    d.wait_log("over max_client_memory")
+    sender.join()  # ended by the cut
+    w.read_to_eof(timeout=10)
+    assert small.call_ok("system_chain") == "Bittensor"
+    small.close()
+    w.close()
