@@ -285,6 +285,8 @@ static struct storage_item *storage_item_get(struct sub *sub, const char *key, s
         if (it->key_len == len && memcmp(it->key, key, len) == 0)
             return it;
     }
+    if (sub->n_items >= sub->srv->cfg->max_subscription_keys)
+        return NULL; /* a node sending keys nobody asked for: not kept */
     if (sub->n_items == sub->cap_items) {
         size_t cap = sub->cap_items ? sub->cap_items * 2 : 16;
         struct storage_item **ni = realloc(sub->items, cap * sizeof(*ni));
@@ -779,9 +781,16 @@ static bool subscribe_refused(struct server *srv, struct session *s, struct batc
         snprintf(msg, sizeof(msg), "this client holds %u subscriptions (client_max_subscriptions)",
                  s->n_subscribers);
     } else if (mi->share && strcmp(mi->share, "state_subscribeStorage") == 0 &&
-               (n = storage_key_count(buf, &m->params)) > cfg->max_subscription_keys) {
-        snprintf(msg, sizeof(msg), "%zu storage keys exceed max_subscription_keys (%u)", n,
-                 cfg->max_subscription_keys);
+               ((n = storage_key_count(buf, &m->params)) == 0 || n > cfg->max_subscription_keys)) {
+        /* No key list follows every key of the chain: values without bound. */
+        if (n == 0)
+            snprintf(msg, sizeof(msg),
+                     "state_subscribeStorage needs a list of keys (at most %u); every key of the "
+                     "chain is not followed",
+                     cfg->max_subscription_keys);
+        else
+            snprintf(msg, sizeof(msg), "%zu storage keys exceed max_subscription_keys (%u)", n,
+                     cfg->max_subscription_keys);
     } else if (srv->router->n_queued >= cfg->queue_max) {
         code = SUBPOOL_ERR_UNAVAILABLE;
         snprintf(msg, sizeof(msg), "request queue full (%u waiting for an upstream)",

@@ -373,6 +373,10 @@ def test_subscriptions_are_bounded_per_client_and_per_subscription(devnode, daem
     with Conn(d) as c:
         r = reply_to(c, "state_subscribeStorage", [storage_keys(11, "aa")], 1)
         assert r["error"]["code"] == harness.ERR_LIMIT, r
+        # No key list follows every key of the chain, without bound: refused too.
+        for params in (None, [], [[]], [None]):
+            r = reply_to(c, "state_subscribeStorage", params, 9)
+            assert r["error"]["code"] == harness.ERR_LIMIT, (params, r)
         assert "result" in reply_to(c, "state_subscribeStorage", [storage_keys(10, "aa")], 2)
         assert "result" in reply_to(c, "chain_subscribeNewHeads", None, 3)
         assert "result" in reply_to(c, "chain_subscribeFinalizedHeads", None, 4)
