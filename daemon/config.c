@@ -99,7 +99,7 @@ static const struct config_key config_keys[] = {
     {"max_client_memory", CONFIG_SIZE, OFF(max_client_memory), 0, (uint64_t)1 << 40, "0",
      "bytes the daemon holds for all clients together (input, requests, replies, "
      "subscriptions); over it the largest are disconnected. 0: a quarter of the host's "
-     "memory, between 256M and 4G",
+     "memory, between 256M and 4G; otherwise at least 1M",
      LIVE},
     {"connect_timeout", CONFIG_DURATION, OFF(connect_timeout_ms), 100, 600000, "10s",
      "bound on name resolution, TCP connect and websocket upgrade", LIVE},
@@ -476,6 +476,13 @@ int config_validate(const struct config *cfg, char *err, size_t errlen)
     }
     if (cfg->n_upstreams == 0) {
         snprintf(err, errlen, "upstream: at least one endpoint is needed");
+        return -1;
+    }
+    /* A unit left out ("max_client_memory = 512") would cut every client as it connects. */
+    if (cfg->max_client_memory && cfg->max_client_memory < ((uint64_t)1 << 20)) {
+        snprintf(err, errlen,
+                 "max_client_memory: %llu bytes is below 1M (0 sizes it from the host)",
+                 (unsigned long long)cfg->max_client_memory);
         return -1;
     }
     if (cfg->backoff_min_ms > cfg->backoff_max_ms) {

@@ -78,7 +78,7 @@ void http_session_respond(struct session *s, int status, const char *content_typ
         s->http_done = true;
         s->read_eof = true;
         session_read_stop(s);
-    } else {
+    } else if (!session_pause_if_over(s)) {
         session_resume(s);
     }
 }

@@ -148,10 +148,14 @@ static void session_hs_timeout(evutil_socket_t fd, short what, void *arg)
     log_info("%s: no complete request within handshake_timeout (%u ms); closing",
              session_describe(s, who, sizeof(who)), s->srv->cfg->handshake_timeout_ms);
     if (s->proto == SESSION_PROTO_HTTP ||
-        (s->proto == SESSION_PROTO_DETECT && s->in && evbuffer_get_length(s->in))) {
-        static const char msg[] = "HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n"
-                                  "Connection: close\r\n\r\n";
-        (void)!write(bufferevent_getfd(s->bev), msg, sizeof(msg) - 1);
+        (s->proto == SESSION_PROTO_DETECT && evbuffer_get_length(s->in))) {
+        /* After whatever is still queued for it; it closes once that is written. */
+        struct iovec body = {"request head incomplete within handshake_timeout\n", 49};
+        session_set_proto(s, SESSION_PROTO_HTTP);
+        evbuffer_drain(s->in, evbuffer_get_length(s->in));
+        http_session_respond(s, 408, "text/plain; charset=utf-8", &body, 1, true);
+        session_maybe_done(s);
+        return;
     }
     session_close(s, "handshake timeout");
 }
@@ -247,7 +251,10 @@ void session_shed(struct server *srv)
     struct session *s;
     char why[160];
 
+    /* What cut and closed clients hold goes when the reaper frees them: not counted twice. */
     TAILQ_FOREACH(s, &srv->doomed, doom_link)
+    doomed += s->acct.total;
+    TAILQ_FOREACH(s, &srv->closing, link)
     doomed += s->acct.total;
     while (l->total - doomed > l->budget) {
         struct session *big = NULL;

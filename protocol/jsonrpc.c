@@ -69,6 +69,9 @@ static int unescape_short(const char *k, size_t n, char out[8])
             return -1;
         if (c == '\\') {
             c = k[++i];
+            /* \b \f \n \r \t are control characters: never part of a member's name. */
+            if (c == 'b' || c == 'f' || c == 'n' || c == 'r' || c == 't')
+                return -1;
             if (c == 'u') {
                 int v = 0;
                 for (int d = 1; d <= 4; d++)

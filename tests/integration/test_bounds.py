@@ -519,3 +519,28 @@ def test_a_websocket_message_in_progress_is_charged(devnode, daemon):
     assert small.call_ok("system_chain") == "Bittensor"
     small.close()
     w.close()
+
+
+def test_a_408_comes_after_what_is_still_queued(devnode, daemon):
+    """Review of item 10: the 408 for a slow head was written straight to the socket, in the
+    middle of a keep-alive answer still queued for the client, and the rest of that answer
+    was thrown away. It now follows the answer, which arrives whole."""
+    node = devnode()
+    d = daemon(node, handshake_timeout="500ms")
+    c = Conn(d)
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    body = rpc("devnode_blob", [4 << 20])
+    c.send(b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+           + b"GET /health HTTP/1.1\r\nHost: loc")  # a second head, never finished
+    d.wait_log("no complete request within handshake_timeout")
+    first = c.http_response(timeout=20)
+    assert first.status == 200 and len(first.json()["result"]) == 4 << 20
+    second = c.http_response(timeout=10)
+    assert second.status == 408 and second.closes, second
+    c.close()
+
+
+def test_a_budget_without_a_unit_is_a_config_error(daemon_bin):
+    """max_client_memory = 512 (bytes) would cut every client as it connects: refused."""
+    r = harness.run_oneshot([daemon_bin, "-o", "max_client_memory=512", "--check-config"])
+    assert r.returncode == 2 and "max_client_memory" in r.stderr, r

@@ -278,6 +278,9 @@ static void test_escaped_keys(void **state)
     assert_int_equal(
         jsonrpc_scan(LIT("{\"jsonrpc\":\"2.0\",\"method\":\"m\",\"id\":1,\"\\u0069d\":2}"), &r),
         JSONRPC_INVALID_REQUEST);
+    /* "me\thod" holds a tab, not the letter t: it is not "method", so there is none. */
+    assert_int_equal(jsonrpc_scan(LIT("{\"jsonrpc\":\"2.0\",\"me\\thod\":\"m\",\"id\":1}"), &r),
+                     JSONRPC_INVALID_REQUEST);
     /* Keys that only look close stay unknown: non-ASCII, NUL, too long once decoded. */
     assert_int_equal(
         jsonrpc_scan(LIT("{\"jsonrpc\":\"2.0\",\"method\":\"m\",\"\\u0000id\":1}"), &r), 0);
