@@ -16,7 +16,10 @@
  *                        copy kept for queueing and retry, and the id kept
  *                        aside for splicing
  *   batch    session.c   a batch's replies collected so far
- *   subs     subs.c      subscriber records and what a subscribe holds
+ *   subs     subs.c      subscriber records with their ids and params,
+ *                        notifications held for a batch reply, and the
+ *                        values a subscription keeps (each subscriber is
+ *                        charged them in full)
  *
  * What a client may hold (session.c): while its pending requests reach
  * client_max_pending or client_max_in_flight, its input reaches what one
@@ -26,8 +29,8 @@
  * daemon holds: when the ledger's total passes max_client_memory, the
  * largest accounts are cut, one at a time, until what is left fits; each cut
  * is one log line naming the client and the reason. A reply shared by
- * reference is charged to each client that holds it: the ledger
- * over-counts, never under-counts.
+ * reference, or a subscription's values, is charged to each client that
+ * holds it: the ledger over-counts, never under-counts.
  */
 #include "account.h"
 

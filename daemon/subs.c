@@ -68,6 +68,13 @@ struct sub {
     struct storage_item **items; /* in the order first seen */
     size_t n_items, cap_items;
     struct htab item_index;
+    /*
+     * What it holds for its subscribers (the last value, the kept storage
+     * values): charged to each of them, so each client's share is in its
+     * account; the ledger over-counts a shared value, never under-counts.
+     */
+    int64_t state_bytes;
+    int64_t items_bytes; /* the kept storage keys and values, with their records */
     uint64_t delivered;
     TAILQ_ENTRY(sub) link;   /* srv->subs */
     TAILQ_ENTRY(sub) m_link; /* member->subs */
@@ -304,6 +311,7 @@ static struct storage_item *storage_item_get(struct sub *sub, const char *key, s
     }
     it->key_len = len;
     sub->items[sub->n_items++] = it;
+    sub->items_bytes += (int64_t)(sizeof(*it) + sizeof(it) + len);
     return it;
 }
 
@@ -333,6 +341,7 @@ static void storage_merge(struct sub *sub, const char *res, size_t len)
         char *nv = memdup(res + v.off, v.len);
         if (!nv)
             return;
+        sub->items_bytes += (int64_t)v.len - (int64_t)item->value_len;
         free(item->value);
         item->value = nv;
         item->value_len = v.len;
@@ -447,7 +456,7 @@ static void subscriber_unlink(struct subscriber *sb)
     s->n_subscribers--;
     held_drop(sb);
     subscriber_answered(sb);
-    account_charge(s->srv, &s->acct, CHARGE_SUBS, -sb->charged);
+    account_charge(s->srv, &s->acct, CHARGE_SUBS, -(sb->charged + sb->sub->state_bytes));
     free(sb);
 }
 
@@ -878,7 +887,7 @@ void subs_subscribe(struct server *srv, struct session *s, struct batch *b, cons
     s->n_subs_pending++; /* in flight, for client_max_in_flight, until its reply */
     /* What it holds: its record, its request id, and the params it asked the node for. */
     sb->charged = (int64_t)(sizeof(*sb) + sb->req_id_len + sub->params_len);
-    account_charge(srv, &s->acct, CHARGE_SUBS, sb->charged);
+    account_charge(srv, &s->acct, CHARGE_SUBS, sb->charged + sub->state_bytes);
     if (created) {
         sub_start(sub);
     } else if (sub->state == SUB_ACTIVE) {
@@ -980,6 +989,19 @@ static bool extrinsic_final(const char *res, size_t len)
     return false;
 }
 
+/* What sub holds now for its subscribers, each of whom is charged the change. */
+static void sub_state_charge(struct sub *sub)
+{
+    int64_t now = (int64_t)sub->last_len + sub->items_bytes, delta = now - sub->state_bytes;
+    struct subscriber *sb;
+
+    if (delta == 0)
+        return;
+    TAILQ_FOREACH(sb, &sub->subscribers, sub_link)
+    account_charge(sub->srv, &sb->session->acct, CHARGE_SUBS, delta);
+    sub->state_bytes = now;
+}
+
 /* Returns false when the sub ended with this notification (and is freed). */
 static bool sub_deliver(struct sub *sub, const char *msg, size_t len, const struct jsonrpc_msg *jm)
 {
@@ -1000,6 +1022,7 @@ static bool sub_deliver(struct sub *sub, const char *msg, size_t len, const stru
         }
         if (sub->storage)
             storage_merge(sub, res, res_len);
+        sub_state_charge(sub);
     }
     if (!sub->notif_method)
         sub->notif_method = strndup(msg + jm->method.off + 1, jm->method.len - 2);

@@ -544,3 +544,21 @@ def test_a_budget_without_a_unit_is_a_config_error(daemon_bin):
     """max_client_memory = 512 (bytes) would cut every client as it connects: refused."""
     r = harness.run_oneshot([daemon_bin, "-o", "max_client_memory=512", "--check-config"])
     assert r.returncode == 2 and "max_client_memory" in r.stderr, r
+
+
+def test_what_a_subscription_keeps_is_charged_to_its_subscribers(devnode, daemon):
+    """Review of item 1: the latest value and the storage values a subscription keeps for late
+    joiners were charged to nobody (1,024 subscriptions each keeping a 1.5 MB value would be
+    3 GB unseen). Each subscriber is charged them, and they are released when it leaves."""
+    node = devnode()
+    d = daemon(node, max_subscription_keys=1000)
+    base = held(d)
+    keys = storage_keys(1000, "aa")  # values of 4..96 bytes that never change
+    with Conn(d) as c:
+        assert "result" in reply_to(c, "state_subscribeStorage", [keys], 1)
+        first = json.loads(c.read_until(b"\n"))
+        size = len(json.dumps(first["params"]["result"]))
+        charged = harness.poll(lambda: held(d) - base, lambda h: h >= size, 10,
+                               f"the subscription's {size} bytes of values charged")
+        assert charged < 4 * size + 256 * KiB, charged
+    harness.poll(lambda: held(d), lambda h: h <= base, 10, "released when the client left")
