@@ -74,7 +74,7 @@ struct request {
     size_t orig_id_len;
     char *wire; /* the request with uid in place of the id: kept for queueing and retry */
     size_t wire_len;
-    size_t sent_len; /* wire_len when it was last sent (kept after the client left) */
+    size_t sent_len;            /* wire_len when it was last sent (kept after the client left) */
     unsigned flags;             /* METHOD_* */
     unsigned method_slot;       /* metrics */
     uint64_t start_ns;          /* arrival, for the latency histogram */
