@@ -34,6 +34,13 @@ static void rehash(struct htab *t, size_t size)
     t->size = size;
 }
 
+int htab_reserve(struct htab *t, size_t n)
+{
+    if (n > t->size)
+        rehash(t, n);
+    return t->size >= n ? 0 : -ENOMEM;
+}
+
 int htab_insert(struct htab *t, struct hnode *e, uint32_t hash)
 {
     if (t->size == 0) {

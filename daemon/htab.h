@@ -24,6 +24,8 @@ struct htab {
 extern uint64_t htab_probes;
 
 uint32_t htab_hash(const void *p, size_t len);
+/* Room for n entries before the first growth (a power of two); 0 or -ENOMEM. */
+int htab_reserve(struct htab *t, size_t n);
 /* Adds e under hash; 0, or -ENOMEM when the table could not be created. */
 int htab_insert(struct htab *t, struct hnode *e, uint32_t hash);
 void htab_remove(struct htab *t, struct hnode *e);

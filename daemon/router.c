@@ -22,63 +22,38 @@
 /* How long retries wait after an upstream loss, for the node's other links to report theirs. */
 #define RETRY_DELAY_MS 50
 
-static size_t slot_of(const struct router *rt, uint64_t uid)
+/* uids are sequential: their low bits already spread evenly over the buckets. */
+static uint32_t uid_hash(uint64_t uid)
 {
-    /* uids are sequential, so the low bits already spread evenly. */
-    return (size_t)(uid & (rt->table_size - 1));
-}
-
-static int table_grow(struct router *rt)
-{
-    size_t n = rt->table_size * 2;
-    struct request **t = calloc(n, sizeof(*t));
-
-    if (!t)
-        return -ENOMEM;
-    for (size_t i = 0; i < rt->table_size; i++) {
-        struct request *r = rt->table[i], *next;
-        for (; r; r = next) {
-            next = r->hnext;
-            r->hnext = t[r->uid & (n - 1)];
-            t[r->uid & (n - 1)] = r;
-        }
-    }
-    free(rt->table);
-    rt->table = t;
-    rt->table_size = n;
-    return 0;
+    return (uint32_t)uid;
 }
 
 static void table_insert(struct router *rt, struct request *r)
 {
-    size_t i;
-
-    if (rt->n_live >= rt->table_size)
-        (void)table_grow(rt); /* on failure the chains just get longer */
-    i = slot_of(rt, r->uid);
-    r->hnext = rt->table[i];
-    rt->table[i] = r;
-    rt->n_live++;
+    /* Reserved at start: never fails, and on a failed growth the chains just get longer. */
+    (void)htab_insert(&rt->table, &r->hnode, uid_hash(r->uid));
 }
 
 static struct request *table_find(struct router *rt, uint64_t uid)
 {
-    struct request *r = rt->table[slot_of(rt, uid)];
-    while (r && r->uid != uid)
-        r = r->hnext;
-    return r;
+    for (struct hnode *e = htab_first(&rt->table, uid_hash(uid)); e; e = htab_next(e)) {
+        struct request *r = htab_entry(e, struct request, hnode);
+        if (r->uid == uid)
+            return r;
+    }
+    return NULL;
 }
 
 static void table_remove(struct router *rt, struct request *r)
 {
-    struct request **pp = &rt->table[slot_of(rt, r->uid)];
-    while (*pp && *pp != r)
-        pp = &(*pp)->hnext;
-    if (*pp) {
-        *pp = r->hnext;
-        rt->n_live--;
-    }
-    r->hnext = NULL;
+    htab_remove(&rt->table, &r->hnode);
+}
+
+/* The first sent request in bucket i, or NULL: for walks that free what they find. */
+static struct request *table_head(struct router *rt, size_t i)
+{
+    struct hnode *e = rt->table.b[i];
+    return e ? htab_entry(e, struct request, hnode) : NULL;
 }
 
 static void request_free(struct request *r)
@@ -219,13 +194,11 @@ struct router *router_new(struct server *srv)
     if (!rt)
         return NULL;
     rt->srv = srv;
-    rt->table_size = TABLE_MIN;
-    rt->table = calloc(rt->table_size, sizeof(*rt->table));
     rt->dispatch = event_new(srv->base, -1, 0, dispatch_cb, rt);
-    if (!rt->table || !rt->dispatch) {
+    if (htab_reserve(&rt->table, TABLE_MIN) < 0 || !rt->dispatch) {
         if (rt->dispatch)
             event_free(rt->dispatch);
-        free(rt->table);
+        htab_free(&rt->table);
         free(rt);
         return NULL;
     }
@@ -260,14 +233,14 @@ struct router *router_free(struct router *rt)
         request_unlink(rt, r);
         request_free(r);
     }
-    for (size_t i = 0; i < rt->table_size; i++) {
-        while ((r = rt->table[i])) {
+    for (size_t i = 0; i < rt->table.size; i++) {
+        while ((r = table_head(rt, i))) {
             request_unlink(rt, r);
             request_free(r);
         }
     }
     event_free(rt->dispatch);
-    free(rt->table);
+    htab_free(&rt->table);
     free(rt);
     return NULL;
 }
@@ -672,10 +645,11 @@ void router_cancel(struct router *rt, struct request *r)
 
 void router_drop_orphans(struct router *rt)
 {
-    for (size_t i = 0; i < rt->table_size; i++) {
-        struct request *r = rt->table[i], *next;
-        for (; r; r = next) {
-            next = r->hnext;
+    for (size_t i = 0; i < rt->table.size; i++) {
+        struct hnode *e = rt->table.b[i], *next;
+        for (; e; e = next) {
+            struct request *r = htab_entry(e, struct request, hnode);
+            next = e->next;
             if (!r->session && !r->done) {
                 request_unlink(rt, r);
                 request_free(r);
@@ -690,7 +664,7 @@ void router_fail_all(struct router *rt, int code, const char *message)
 
     while ((r = queue_any(rt)))
         request_fail(rt, r, code, message);
-    for (size_t i = 0; i < rt->table_size; i++)
-        while ((r = rt->table[i]))
+    for (size_t i = 0; i < rt->table.size; i++)
+        while ((r = table_head(rt, i)))
             request_fail(rt, r, code, message);
 }

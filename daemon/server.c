@@ -259,7 +259,7 @@ void server_maybe_finish(struct server *srv)
     }
     if (!srv->stopping || !TAILQ_EMPTY(&srv->sessions) || !TAILQ_EMPTY(&srv->closing))
         return;
-    if (srv->router->n_live || srv->router->n_queued)
+    if (srv->router->table.n || srv->router->n_queued)
         return;
     if (!srv->pool_closing) {
         srv->pool_closing = true;
@@ -303,7 +303,7 @@ static void notify_status(struct server *srv, bool force)
              "%u subscriptions",
              srv->pool ? pool_ready(srv->pool) : 0, srv->pool ? srv->pool->n : 0,
              srv->pool_next ? " (reload: new pool connecting)" : "", srv->n_sessions,
-             srv->router ? srv->router->n_live : 0, srv->router ? srv->router->n_queued : 0,
+             srv->router ? srv->router->table.n : 0, srv->router ? srv->router->n_queued : 0,
              srv->n_subs);
     if (!force && strcmp(st, srv->notify_status) == 0)
         return;
@@ -409,7 +409,7 @@ static void shutdown_timer_cb(evutil_socket_t fd, short what, void *arg)
     srv->shutdown_forced = true;
     log_warn("shutdown: shutdown_timeout reached with %zu requests in flight and %zu queued; "
              "failing them",
-             srv->router->n_live, srv->router->n_queued);
+             srv->router->table.n, srv->router->n_queued);
     router_fail_all(srv->router, SUBPOOL_ERR_SHUTDOWN, "subpoold is shutting down");
     evtimer_add(srv->shutdown_timer, &grace);
     server_maybe_finish(srv);
@@ -426,7 +426,7 @@ static void server_stop(struct server *srv, const char *why)
     sysd_notify("STOPPING=1");
     router_drop_orphans(srv->router);
     log_info("%s: stopping; %u clients, %zu requests in flight, %zu queued", why, srv->n_sessions,
-             srv->router->n_live, srv->router->n_queued);
+             srv->router->table.n, srv->router->n_queued);
     srv->listener = listener_free(srv->listener);
     srv->tcp_listener = listener_free(srv->tcp_listener);
     evtimer_add(srv->shutdown_timer, &tv);

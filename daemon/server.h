@@ -89,7 +89,7 @@ struct request {
     struct event timer;          /* request_timeout */
     TAILQ_ENTRY(request) s_link; /* session->requests */
     TAILQ_ENTRY(request) q_link; /* member->sent or router queue */
-    struct request *hnext;       /* id table chain */
+    struct hnode hnode;          /* router->table, by uid, while sent */
 };
 
 /* One upstream websocket and the requests it carries. Owned by the pool. */
@@ -174,9 +174,7 @@ struct pool {
 
 struct router {
     struct server *srv;
-    struct request **table;             /* uid -> request, chained */
-    size_t table_size;                  /* power of two */
-    size_t n_live;                      /* requests in the table (sent) */
+    struct htab table;                  /* requests sent, by uid; table.n of them */
     struct waitq_ring ring[WAIT_KINDS]; /* owners with requests waiting, by pick, in turn */
     struct waitq internal[WAIT_KINDS];  /* the daemon's own (subscribes, health polls) */
     size_t n_queued;
