@@ -761,14 +761,24 @@ static void format_sub_id(struct server *srv, char out[SUB_ID_LEN + 1])
     snprintf(out, SUB_ID_LEN + 1, "\"%016llx\"", (unsigned long long)v);
 }
 
-/* Storage keys a state_subscribeStorage asks for (elements of its first param). */
-static size_t storage_key_count(const char *buf, const struct json_span *params)
+/*
+ * Storage keys a state_subscribeStorage asks for (elements of its first
+ * param); -1 when it names no list, which a node takes for every key of the
+ * chain (no params, [] or [null]). Other shapes are the node's to refuse: 0.
+ */
+static long storage_key_count(const char *buf, const struct json_span *params)
 {
     struct json_span keys, k;
-    size_t pos = 0, n = 0;
+    size_t pos = 0;
+    long n = 0;
 
-    if (params->type != JSON_ARRAY || json_array_next(buf, params, &pos, &keys) <= 0 ||
-        keys.type != JSON_ARRAY)
+    if (params->type == JSON_NONE || params->type == JSON_NULL)
+        return -1;
+    if (params->type != JSON_ARRAY)
+        return 0;
+    if (json_array_next(buf, params, &pos, &keys) <= 0 || keys.type == JSON_NULL)
+        return -1;
+    if (keys.type != JSON_ARRAY)
         return 0;
     pos = 0;
     while (json_array_next(buf, &keys, &pos, &k) > 0)
@@ -784,21 +794,22 @@ static bool subscribe_refused(struct server *srv, struct session *s, struct batc
     const struct config *cfg = srv->cfg;
     char msg[160];
     int code = SUBPOOL_ERR_LIMIT;
-    size_t n;
+    long n;
 
     if (s->n_subscribers >= cfg->client_max_subscriptions) {
         snprintf(msg, sizeof(msg), "this client holds %u subscriptions (client_max_subscriptions)",
                  s->n_subscribers);
     } else if (mi->share && strcmp(mi->share, "state_subscribeStorage") == 0 &&
-               ((n = storage_key_count(buf, &m->params)) == 0 || n > cfg->max_subscription_keys)) {
+               ((n = storage_key_count(buf, &m->params)) < 0 ||
+                n > (long)cfg->max_subscription_keys)) {
         /* No key list follows every key of the chain: values without bound. */
-        if (n == 0)
+        if (n < 0)
             snprintf(msg, sizeof(msg),
                      "state_subscribeStorage needs a list of keys (at most %u); every key of the "
                      "chain is not followed",
                      cfg->max_subscription_keys);
         else
-            snprintf(msg, sizeof(msg), "%zu storage keys exceed max_subscription_keys (%u)", n,
+            snprintf(msg, sizeof(msg), "%ld storage keys exceed max_subscription_keys (%u)", n,
                      cfg->max_subscription_keys);
     } else if (srv->router->n_queued >= cfg->queue_max) {
         code = SUBPOOL_ERR_UNAVAILABLE;
