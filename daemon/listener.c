@@ -26,6 +26,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "log.h"
 #include "server.h"
 
@@ -42,7 +43,28 @@ struct listener {
     int lock_fd;    /* flock on PATH.lock for the daemon's life; -1 for TCP */
     dev_t dev;      /* to unlink only our own file at exit */
     ino_t ino;
+    uint64_t refusal_logged_ms; /* monotonic: refusals are logged at most once a second */
+    unsigned refusals_quiet;    /* refused since, without a line of their own */
 };
+
+/*
+ * Whether a refusal gets its log line: one a second at most, so a local
+ * loop of connect() cannot flood the journal. The next line says how many
+ * went unlogged (*ret_quiet).
+ */
+static bool refusal_log_due(struct listener *l, unsigned *ret_quiet)
+{
+    uint64_t now = clock_mono_ms();
+
+    if (l->refusal_logged_ms && now - l->refusal_logged_ms < 1000) {
+        l->refusals_quiet++;
+        return false;
+    }
+    *ret_quiet = l->refusals_quiet;
+    l->refusals_quiet = 0;
+    l->refusal_logged_ms = now;
+    return true;
+}
 
 /* A refusal line for a client over a client cap, best effort: the socket is new and empty. */
 static void refuse(int fd, const char *why)
@@ -81,7 +103,7 @@ static void accept_ready(evutil_socket_t lfd, short what, void *arg)
     struct server *srv = l->srv;
     struct timeval tv = {1, 0};
     struct peer peer = {0};
-    unsigned uid;
+    unsigned uid, quiet = 0;
     int fd;
     (void)what;
 
@@ -97,7 +119,10 @@ static void accept_ready(evutil_socket_t lfd, short what, void *arg)
     }
     srv->stats.accepted++;
     if (srv->n_sessions >= srv->cfg->max_clients) {
-        log_warn("listener: refused a client: max_clients (%u) reached", srv->cfg->max_clients);
+        if (refusal_log_due(l, &quiet))
+            log_warn("listener: refused a client: max_clients (%u) reached (%u more refused "
+                     "without a line in the last second)",
+                     srv->cfg->max_clients, quiet);
         refuse(fd, "too many clients (max_clients reached)");
         return;
     }
@@ -111,15 +136,17 @@ static void accept_ready(evutil_socket_t lfd, short what, void *arg)
     if (srv->cfg->max_clients_per_uid &&
         session_uid_clients(srv, uid) >= srv->cfg->max_clients_per_uid) {
         char comm[64];
-        if (peer.known) {
+        if (!refusal_log_due(l, &quiet)) {
+            /* counted for the next line */
+        } else if (peer.known) {
             proc_comm(peer.pid, comm, sizeof(comm));
             log_warn("listener: refused a client (pid %d uid %u %s): max_clients_per_uid (%u) "
-                     "reached",
-                     peer.pid, peer.uid, comm, srv->cfg->max_clients_per_uid);
+                     "reached (%u more refused without a line in the last second)",
+                     peer.pid, peer.uid, comm, srv->cfg->max_clients_per_uid, quiet);
         } else {
             log_warn("listener: refused a TCP client: max_clients_per_uid (%u) reached by TCP "
-                     "clients",
-                     srv->cfg->max_clients_per_uid);
+                     "clients (%u more refused without a line in the last second)",
+                     srv->cfg->max_clients_per_uid, quiet);
         }
         refuse(fd, "too many clients for this user (max_clients_per_uid reached)");
         return;

@@ -228,25 +228,26 @@ def test_silent_connections_are_closed_after_handshake_timeout(devnode, daemon):
         c.close()
 
 
-def test_one_user_cannot_take_every_client_slot(devnode, daemon):
-    """Item 10: max_clients_per_uid refuses a user's connection over the cap with -32053 and a
-    log line naming the process; closing one lets the next in."""
-    node = devnode()
-    d = daemon(node, max_clients_per_uid=3)
-
-    def alone():
-        """A client let in once the status clients of the fixture are gone (until the daemon
-        has seen them leave they count, and may fill the cap); it asks through itself."""
+def sole_client(d) -> harness.NdjsonClient:
+    """A client let in once the fixture's status clients are gone: until the daemon has seen
+    them leave they count against a per-uid cap and may fill it. It asks through itself."""
+    def attempt():
         c = harness.NdjsonClient(d.socket, 10)
-        r = c.call("subpool_status")
-        if r.result is None:
+        if c.call("subpool_status").result is None:
             c.close()
             return None
         harness.poll(lambda: c.call("subpool_status").result["clients"], lambda n: n == 1, 10,
                      "the fixture's clients gone")
         return c
+    return harness.wait_until(attempt, 10, "a first client let in")
 
-    held_clients = [harness.wait_until(alone, 10, "a first client let in")]
+
+def test_one_user_cannot_take_every_client_slot(devnode, daemon):
+    """Item 10: max_clients_per_uid refuses a user's connection over the cap with -32053 and a
+    log line naming the process; closing one lets the next in."""
+    node = devnode()
+    d = daemon(node, max_clients_per_uid=3)
+    held_clients = [sole_client(d)]
     held_clients += [d.client() for _ in range(2)]
     for c in held_clients:
         assert c.call_ok("system_chain") == "Bittensor"
@@ -562,3 +563,18 @@ def test_what_a_subscription_keeps_is_charged_to_its_subscribers(devnode, daemon
                                f"the subscription's {size} bytes of values charged")
         assert charged < 4 * size + 256 * KiB, charged
     harness.poll(lambda: held(d), lambda h: h <= base, 10, "released when the client left")
+
+
+def test_refused_connections_cannot_flood_the_log(devnode, daemon):
+    """A local loop of connect() over max_clients_per_uid was one log line (and a /proc read)
+    per refusal. Refusals are logged at most once a second, saying how many went unlogged."""
+    node = devnode()
+    d = daemon(node, max_clients_per_uid=1)
+    holder = sole_client(d)
+    n = 200
+    for _ in range(n):
+        with Conn(d) as c:
+            assert b"max_clients_per_uid" in c.read_to_eof()
+    lines = d.log.count("max_clients_per_uid (1) reached")
+    assert 1 <= lines < n // 4, f"{lines} log lines for {n} refused connections"
+    holder.close()
