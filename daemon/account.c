@@ -18,8 +18,7 @@
  *   batch    session.c   a batch's replies collected so far
  *   subs     subs.c      subscriber records with their ids and params,
  *                        notifications held for a batch reply, and the
- *                        values a subscription keeps (each subscriber is
- *                        charged them in full)
+ *                        values a subscription keeps (shared, below)
  *
  * What a client may hold (session.c): while its pending requests reach
  * client_max_pending or client_max_in_flight, its input reaches what one
@@ -28,9 +27,18 @@
  * would take its unread output past client_max_output cuts it off. What the
  * daemon holds: when the ledger's total passes max_client_memory, the
  * largest accounts are cut, one at a time, until what is left fits; each cut
- * is one log line naming the client and the reason. A reply shared by
- * reference, or a subscription's values, is charged to each client that
- * holds it: the ledger over-counts, never under-counts.
+ * is one log line naming the client and the reason.
+ *
+ * Bytes held once for several clients are counted once in the ledger, and
+ * in full in the account of each client that holds them (its limits are
+ * about what it makes the daemon keep): a reply from a node that client
+ * outputs point into (msgbuf.c charges the buffer to the ledger while any
+ * output refers to it; session.c tracks which output bytes are references)
+ * and the values a subscription keeps (subs.c charges them once per
+ * subscription). The client's share of them is account.shared, which the
+ * ledger never had from it. Cutting such a client frees them only with the
+ * last holder, so the shedder may leave the ledger over budget until the
+ * next charge runs it again: it under-cuts rather than over-cuts.
  */
 #include "account.h"
 
@@ -40,12 +48,10 @@
 
 #include "server.h"
 
-void account_charge(struct server *srv, struct account *a, enum charge kind, int64_t delta)
+void account_hold(struct server *srv, int64_t delta)
 {
     struct ledger *l = &srv->ledger;
 
-    a->by[kind] += (uint64_t)delta;
-    a->total += (uint64_t)delta;
     l->total += (uint64_t)delta;
     if (delta > 0) {
         if (l->total > l->trim_mark) {
@@ -58,12 +64,28 @@ void account_charge(struct server *srv, struct account *a, enum charge kind, int
     }
 }
 
+void account_charge(struct server *srv, struct account *a, enum charge kind, int64_t delta)
+{
+    a->by[kind] += (uint64_t)delta;
+    a->total += (uint64_t)delta;
+    account_hold(srv, delta);
+}
+
+void account_charge_shared(struct server *srv, struct account *a, enum charge kind, int64_t delta)
+{
+    (void)srv;
+    a->by[kind] += (uint64_t)delta;
+    a->total += (uint64_t)delta;
+    a->shared += (uint64_t)delta;
+}
+
 void account_release(struct server *srv, struct account *a)
 {
-    srv->ledger.total -= a->total;
+    srv->ledger.total -= a->total - a->shared;
     for (int k = 0; k < CHARGE_COUNT; k++)
         a->by[k] = 0;
     a->total = 0;
+    a->shared = 0;
 }
 
 /* Freed since the last high mark, at least this much before memory is given back. */

@@ -22,6 +22,7 @@ enum charge {
 struct account {
     uint64_t by[CHARGE_COUNT];
     uint64_t total;
+    uint64_t shared; /* of total: bytes others hold too, counted once in the ledger elsewhere */
 };
 
 /* What every client holds together, against max_client_memory. */
@@ -37,6 +38,12 @@ struct ledger {
 
 /* Charge (delta > 0) or release (delta < 0) bytes of one kind to a client. */
 void account_charge(struct server *srv, struct account *a, enum charge kind, int64_t delta);
+/* The same for bytes held once for several clients (a reply lent to their outputs, what a
+ * subscription keeps): each client's account counts them, the ledger does not; the holder
+ * charges the ledger once with account_hold. */
+void account_charge_shared(struct server *srv, struct account *a, enum charge kind, int64_t delta);
+/* Charges (delta > 0) or releases bytes held once for several clients to the ledger alone. */
+void account_hold(struct server *srv, int64_t delta);
 /* Releases everything the account still holds (the client is being freed). */
 void account_release(struct server *srv, struct account *a);
 /* Once a second: give freed memory back to the system after a burst. */

@@ -1,6 +1,7 @@
 #include "msgbuf.h"
 
 #include <event2/event.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -22,6 +23,15 @@ static size_t spare_bytes;
 static struct event *spare_timer;
 static unsigned spare_ms;
 
+static msgbuf_hold_fn *hold_fn;
+static void *hold_arg;
+
+static void hold(const struct msgbuf *mb, int64_t sign)
+{
+    if (hold_fn)
+        hold_fn(hold_arg, sign * (int64_t)(sizeof(*mb) + mb->cap));
+}
+
 static void spares_free(void)
 {
     for (int i = 0; i < SPARES; i++) {
@@ -39,8 +49,10 @@ static void spare_timer_cb(evutil_socket_t fd, short what, void *arg)
     spares_free();
 }
 
-int msgbuf_init(struct event_base *base, unsigned keep_ms)
+int msgbuf_init(struct event_base *base, unsigned keep_ms, msgbuf_hold_fn *fn, void *arg)
 {
+    hold_fn = fn;
+    hold_arg = arg;
     spare_timer = evtimer_new(base, spare_timer_cb, NULL);
     spare_ms = keep_ms;
     return spare_timer ? 0 : -1;
@@ -52,6 +64,8 @@ void msgbuf_shutdown(void)
     if (spare_timer)
         event_free(spare_timer);
     spare_timer = NULL;
+    hold_fn = NULL;
+    hold_arg = NULL;
 }
 
 size_t msgbuf_spare_bytes(void)
@@ -73,6 +87,7 @@ static struct msgbuf *spare_take(size_t cap)
     spares[best] = NULL;
     spare_bytes -= mb->cap;
     mb->refs = 1;
+    mb->counted = 0;
     return mb;
 }
 
@@ -106,8 +121,10 @@ struct msgbuf *msgbuf_reserve(struct msgbuf *mb, size_t cap)
     nb = realloc(mb, sizeof(*nb) + cap);
     if (!nb)
         return NULL;
-    if (!mb)
+    if (!mb) {
         nb->refs = 1;
+        nb->counted = 0;
+    }
     nb->cap = cap;
     return nb;
 }
@@ -142,12 +159,18 @@ static void reference_done(const void *data, size_t len, void *arg)
     msgbuf_unref(arg);
 }
 
-int msgbuf_add(struct evbuffer *out, const void *p, size_t n)
+/* Whether the n bytes at p lie in the lent msgbuf and are worth a reference. */
+static bool lendable(const void *p, size_t n)
 {
     uintptr_t at = (uintptr_t)p;
 
-    if (lent && n >= MSGBUF_REF_MIN && at >= (uintptr_t)lent->data && n <= lent_len &&
-        at - (uintptr_t)lent->data <= lent_len - n) {
+    return lent && n >= MSGBUF_REF_MIN && at >= (uintptr_t)lent->data && n <= lent_len &&
+           at - (uintptr_t)lent->data <= lent_len - n;
+}
+
+int msgbuf_add(struct evbuffer *out, const void *p, size_t n)
+{
+    if (lendable(p, n)) {
         /* Held before the call: the evbuffer's callbacks may drain it at once. */
         lent->refs++;
         if (evbuffer_add_reference(out, p, n, reference_done, lent) == 0)
@@ -155,4 +178,64 @@ int msgbuf_add(struct evbuffer *out, const void *p, size_t n)
         lent->refs--;
     }
     return evbuffer_add(out, p, n);
+}
+
+static void counted_done(const void *data, size_t len, void *arg)
+{
+    struct msgbuf *mb = arg;
+    (void)data;
+    (void)len;
+
+    if (--mb->counted == 0)
+        hold(mb, -1);
+    msgbuf_unref(mb);
+}
+
+int msgbuf_add_counted(struct evbuffer *out, struct outrefs *o, const void *p, size_t n)
+{
+    if (o->n < OUTREFS_MAX && lendable(p, n)) {
+        struct msgbuf *mb = lent;
+        unsigned slot = (o->head + o->n) % OUTREFS_MAX;
+
+        /* Recorded first: the output's callback runs inside evbuffer_add_reference. */
+        o->ref[slot].end = o->added + n;
+        o->ref[slot].len = n;
+        o->n++;
+        o->adding += n;
+        mb->refs++;
+        if (mb->counted++ == 0)
+            hold(mb, 1);
+        if (evbuffer_add_reference(out, p, n, counted_done, mb) == 0)
+            return 0;
+        if (--mb->counted == 0)
+            hold(mb, -1);
+        mb->refs--;
+        o->adding -= n;
+        o->n--;
+    }
+    return evbuffer_add(out, p, n);
+}
+
+void outrefs_moved(struct outrefs *o, size_t n_added, size_t n_deleted, size_t *ref_added,
+                   size_t *ref_deleted)
+{
+    uint64_t from = o->drained, to = from + n_deleted;
+    size_t gone = 0;
+
+    *ref_added = o->adding < n_added ? o->adding : n_added;
+    o->adding -= *ref_added;
+    o->added += n_added;
+    /* Drained from the front: the oldest ranges first. */
+    while (o->n) {
+        uint64_t end = o->ref[o->head].end, start = end - o->ref[o->head].len;
+        if (start >= to)
+            break;
+        gone += (size_t)((end < to ? end : to) - (start > from ? start : from));
+        if (end > to)
+            break;
+        o->head = (o->head + 1) % OUTREFS_MAX;
+        o->n--;
+    }
+    o->drained = to;
+    *ref_deleted = gone;
 }

@@ -233,6 +233,12 @@ static void shed_cb(evutil_socket_t fd, short what, void *arg)
     session_shed(arg);
 }
 
+/* A node's message lent to clients' outputs: the ledger holds it once (account.c). */
+static void ledger_hold(void *arg, int64_t delta)
+{
+    account_hold(arg, delta);
+}
+
 static void reaper_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct server *srv = arg;
@@ -497,7 +503,7 @@ int main(int argc, char **argv)
     srv.metrics = metrics_new();
     if (!srv.dns || !srv.reaper || !srv.ledger.shed || !srv.shutdown_timer || !srv.notify_timer ||
         !srv.watchdog || !srv.router || !srv.metrics ||
-        msgbuf_init(srv.base, MSGBUF_KEEP_MS) != 0) {
+        msgbuf_init(srv.base, MSGBUF_KEEP_MS, ledger_hold, &srv) != 0) {
         log_error("out of memory at start-up");
         goto out;
     }

@@ -44,10 +44,16 @@ struct subscriber_list *session_subscribers(struct session *s)
     return &s->subscribers;
 }
 
+/* Bytes of a reply into the output: a reply from a node by reference when large. */
+static void session_add(struct session *s, struct evbuffer *out, const void *p, size_t n)
+{
+    msgbuf_add_counted(out, &s->outrefs, p, n);
+}
+
 void session_write(struct session *s, const void *p, size_t n)
 {
     if (!s->closing)
-        msgbuf_add(bufferevent_get_output(s->bev), p, n);
+        session_add(s, bufferevent_get_output(s->bev), p, n);
 }
 
 /* Close once a finished client has been answered and everything is written. */
@@ -321,7 +327,7 @@ void session_send(struct session *s, const struct iovec *iov, int n)
 
     if (evbuffer_get_length(out) > 0) {
         for (int i = 0; i < n; i++)
-            msgbuf_add(out, iov[i].iov_base, iov[i].iov_len);
+            session_add(s, out, iov[i].iov_base, iov[i].iov_len);
         return;
     }
     ssize_t w = writev(bufferevent_getfd(s->bev), iov, n);
@@ -335,7 +341,7 @@ void session_send(struct session *s, const struct iovec *iov, int n)
             skip -= iov[i].iov_len;
             continue;
         }
-        msgbuf_add(out, (const char *)iov[i].iov_base + skip, iov[i].iov_len - skip);
+        session_add(s, out, (const char *)iov[i].iov_base + skip, iov[i].iov_len - skip);
         skip = 0;
     }
     /*
@@ -355,7 +361,7 @@ static void ndjson_emit(struct session *s, const struct iovec *parts, int n)
     if (n >= SESSION_IOV_MAX) {
         struct evbuffer *out = bufferevent_get_output(s->bev);
         for (int i = 0; i < n; i++)
-            msgbuf_add(out, parts[i].iov_base, parts[i].iov_len);
+            session_add(s, out, parts[i].iov_base, parts[i].iov_len);
         evbuffer_add(out, "\n", 1);
         return;
     }
@@ -816,7 +822,9 @@ static void in_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, voi
 }
 
 /*
- * Output: charged until written, counted for /metrics when written.
+ * Output: charged until written, counted for /metrics when written. Bytes
+ * that are references into a node's message are the client's to answer for,
+ * but the ledger has their buffer once (account.c).
  * Writing is enabled on the bufferevent only once something is queued:
  * enabling it at once would arm a write event that fires on the new socket
  * just to find nothing to write, which costs two epoll_ctl calls and a loop
@@ -825,10 +833,14 @@ static void in_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, voi
 static void out_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
 {
     struct session *s = arg;
+    size_t ref_added, ref_deleted;
     (void)buf;
 
+    outrefs_moved(&s->outrefs, info->n_added, info->n_deleted, &ref_added, &ref_deleted);
     account_charge(s->srv, &s->acct, CHARGE_OUTPUT,
-                   (int64_t)info->n_added - (int64_t)info->n_deleted);
+                   (int64_t)(info->n_added - ref_added) - (int64_t)(info->n_deleted - ref_deleted));
+    account_charge_shared(s->srv, &s->acct, CHARGE_OUTPUT,
+                          (int64_t)ref_added - (int64_t)ref_deleted);
     if (s->closing)
         return;
     s->srv->stats.bytes_out += info->n_deleted;

@@ -11,6 +11,7 @@
 #include <wslay/wslay.h>
 
 #include "http.h"
+#include "msgbuf.h"
 #include "server.h"
 
 enum session_proto {
@@ -44,6 +45,7 @@ struct session {
     unsigned n_subscribers;        /* its subscriptions (subs.c) */
     unsigned n_subs_pending;       /* of them, those whose reply it still waits for */
     struct account acct;           /* what the daemon holds for this client (account.c) */
+    struct outrefs outrefs;        /* which of its output bytes are references (msgbuf.h) */
     struct event hs_timer;   /* handshake_timeout: armed while a first request or a head is due */
     struct event idle_timer; /* client_idle_timeout */
     uint64_t last_read_ms;   /* monotonic, for the idle timeout */

@@ -257,6 +257,7 @@ static void sub_free(struct sub *sub)
     if (sub->key)
         htab_remove(&sub->srv->shared, &sub->shared_node);
     sub_count(sub->srv, -1);
+    account_hold(sub->srv, -sub->state_bytes);
     free(sub->key);
     free(sub->method);
     free(sub->unsub);
@@ -456,7 +457,8 @@ static void subscriber_unlink(struct subscriber *sb)
     s->n_subscribers--;
     held_drop(sb);
     subscriber_answered(sb);
-    account_charge(s->srv, &s->acct, CHARGE_SUBS, -(sb->charged + sb->sub->state_bytes));
+    account_charge(s->srv, &s->acct, CHARGE_SUBS, -sb->charged);
+    account_charge_shared(s->srv, &s->acct, CHARGE_SUBS, -sb->sub->state_bytes);
     free(sb);
 }
 
@@ -898,7 +900,8 @@ void subs_subscribe(struct server *srv, struct session *s, struct batch *b, cons
     s->n_subs_pending++; /* in flight, for client_max_in_flight, until its reply */
     /* What it holds: its record, its request id, and the params it asked the node for. */
     sb->charged = (int64_t)(sizeof(*sb) + sb->req_id_len + sub->params_len);
-    account_charge(srv, &s->acct, CHARGE_SUBS, sb->charged + sub->state_bytes);
+    account_charge(srv, &s->acct, CHARGE_SUBS, sb->charged);
+    account_charge_shared(srv, &s->acct, CHARGE_SUBS, sub->state_bytes);
     if (created) {
         sub_start(sub);
     } else if (sub->state == SUB_ACTIVE) {
@@ -1000,7 +1003,7 @@ static bool extrinsic_final(const char *res, size_t len)
     return false;
 }
 
-/* What sub holds now for its subscribers, each of whom is charged the change. */
+/* What sub holds now for its subscribers: each is charged the change, the ledger once. */
 static void sub_state_charge(struct sub *sub)
 {
     int64_t now = (int64_t)sub->last_len + sub->items_bytes, delta = now - sub->state_bytes;
@@ -1009,7 +1012,8 @@ static void sub_state_charge(struct sub *sub)
     if (delta == 0)
         return;
     TAILQ_FOREACH(sb, &sub->subscribers, sub_link)
-    account_charge(sub->srv, &sb->session->acct, CHARGE_SUBS, delta);
+    account_charge_shared(sub->srv, &sb->session->acct, CHARGE_SUBS, delta);
+    account_hold(sub->srv, delta);
     sub->state_bytes = now;
 }
 

@@ -578,3 +578,37 @@ def test_refused_connections_cannot_flood_the_log(devnode, daemon):
     lines = d.log.count("max_clients_per_uid (1) reached")
     assert 1 <= lines < n // 4, f"{lines} log lines for {n} refused connections"
     holder.close()
+
+
+def test_a_reply_shared_by_reference_counts_once(devnode, daemon):
+    """Item 2 (deliver): a notification from the node goes to every subscriber of a shared
+    subscription by reference, and what the subscription keeps is one copy; each subscriber's
+    account counts them (its limits are about what it makes the daemon keep), but the
+    daemon's budget counts them once. They were counted once per client, so eight clients
+    that read nothing looked like eight times the memory the daemon held."""
+    node = devnode(block_ms=0)
+    d = daemon(node, max_subscription_keys=4000)
+    keys = storage_keys(4000)
+    clients = []
+    for i in range(8):
+        c = Conn(d)
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        clients.append(c)
+        assert "result" in reply_to(c, "state_subscribeStorage", [keys], i)
+    size = len(json.loads(clients[0].read_until(b"\n"))["params"]["result"]["changes"]) * 90
+    [sub] = d.wait_status(lambda s: len(s["subscriptions"]) == 1, "one shared subscription")[
+        "subscriptions"]
+    assert sub["subscribers"] == 8, sub
+    base = held(d)
+    blocks = 8
+    for n in range(blocks):
+        node.call("devnode_newBlock")
+        d.wait_status(lambda s: s["subscriptions"][0]["delivered"] >= sub["delivered"] + n + 1,
+                      f"block {n + 1} delivered")
+    grown = held(d) - base
+    # Each block's notification, about `size` bytes, is held for the clients that left it
+    # unread: once (plus the subscription's new values, once), not once per client.
+    assert 2 * size < grown < 2 * blocks * size, (grown, size)
+    for c in clients:
+        c.close()
+    harness.poll(lambda: held(d), lambda h: h <= base // 4, 10, "released when the clients left")

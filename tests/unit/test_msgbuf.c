@@ -135,7 +135,7 @@ static void test_large_buffers_are_reused_then_released(void **state)
     const size_t mib = (size_t)1 << 20;
     struct event_base *base = event_base_new();
     assert_non_null(base);
-    assert_int_equal(msgbuf_init(base, 20), 0);
+    assert_int_equal(msgbuf_init(base, 20, NULL, NULL), 0);
 
     struct msgbuf *a = msgbuf_reserve(NULL, 2 * mib);
     struct msgbuf *b = msgbuf_reserve(NULL, 4 * mib);
@@ -171,6 +171,106 @@ static void test_large_buffers_are_reused_then_released(void **state)
     event_base_free(base);
 }
 
+static int64_t held;
+
+static void count_hold(void *arg, int64_t delta)
+{
+    (void)arg;
+    held += delta;
+}
+
+/* What an output's callback would charge: all bytes to the account, copies to the ledger. */
+struct charged {
+    struct outrefs refs;
+    int64_t account, ledger;
+};
+
+static void charge_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    struct charged *c = arg;
+    size_t ra, rd;
+    (void)buf;
+    outrefs_moved(&c->refs, info->n_added, info->n_deleted, &ra, &rd);
+    c->account += (int64_t)info->n_added - (int64_t)info->n_deleted;
+    c->ledger += (int64_t)(info->n_added - ra) - (int64_t)(info->n_deleted - rd);
+}
+
+static void test_counted_references_are_held_once(void **state)
+{
+    (void)state;
+    struct event_base *base = event_base_new();
+    assert_non_null(base);
+    assert_int_equal(msgbuf_init(base, 20, count_hold, NULL), 0);
+    struct msgbuf *mb = filled(BIG);
+    const int64_t size = (int64_t)(sizeof(*mb) + mb->cap);
+    struct evbuffer *out[3];
+    struct charged c[3];
+
+    memset(c, 0, sizeof(c));
+    msgbuf_lend(mb, BIG);
+    for (int i = 0; i < 3; i++) {
+        out[i] = evbuffer_new();
+        assert_non_null(out[i]);
+        evbuffer_add_cb(out[i], charge_cb, &c[i]);
+        /* A copied head, the message by reference, a copied tail: as a reply is spliced. */
+        assert_int_equal(msgbuf_add_counted(out[i], &c[i].refs, "{", 1), 0);
+        assert_int_equal(msgbuf_add_counted(out[i], &c[i].refs, mb->data, BIG), 0);
+        assert_int_equal(msgbuf_add_counted(out[i], &c[i].refs, "}", 1), 0);
+        assert_int_equal(c[i].account, BIG + 2);
+        assert_int_equal(c[i].ledger, 2);
+    }
+    msgbuf_lend_end();
+    assert_int_equal(held, size); /* three outputs, one buffer */
+    assert_int_equal(mb->counted, 3);
+
+    /* Written in pieces that cut across the reference: each piece is told apart. */
+    evbuffer_drain(out[0], 1 + 100);
+    assert_int_equal(c[0].ledger, 1);
+    assert_int_equal(c[0].account, BIG + 2 - 101);
+    evbuffer_drain(out[0], BIG - 100);
+    assert_int_equal(c[0].ledger, 1);
+    assert_int_equal(c[0].account, 1);
+    assert_int_equal(c[0].refs.n, 0);
+    evbuffer_drain(out[0], 1);
+    assert_int_equal(c[0].ledger, 0);
+    assert_int_equal(held, size); /* the others still refer to it */
+
+    evbuffer_free(out[1]);
+    assert_int_equal(held, size);
+    msgbuf_unref(mb); /* the owner lets go: the last output holds it */
+    evbuffer_drain(out[2], BIG + 2);
+    assert_int_equal(c[2].ledger, 0);
+    assert_int_equal(held, 0);
+    evbuffer_free(out[0]);
+    evbuffer_free(out[2]);
+    msgbuf_shutdown();
+    event_base_free(base);
+}
+
+static void test_an_output_full_of_references_gets_copies(void **state)
+{
+    (void)state;
+    struct msgbuf *mb = filled(BIG);
+    struct evbuffer *out = evbuffer_new();
+    struct charged c;
+
+    memset(&c, 0, sizeof(c));
+    evbuffer_add_cb(out, charge_cb, &c);
+    msgbuf_lend(mb, BIG);
+    for (int i = 0; i < OUTREFS_MAX + 2; i++)
+        assert_int_equal(msgbuf_add_counted(out, &c.refs, mb->data, BIG), 0);
+    msgbuf_lend_end();
+    assert_int_equal(c.refs.n, OUTREFS_MAX);
+    assert_int_equal(mb->counted, OUTREFS_MAX);
+    assert_int_equal(c.ledger, 2 * BIG); /* the two copies */
+    evbuffer_drain(out, (size_t)BIG * OUTREFS_MAX + BIG / 2);
+    assert_int_equal(c.ledger, 2 * BIG - BIG / 2);
+    assert_int_equal(c.refs.n, 0);
+    assert_int_equal(mb->counted, 0);
+    evbuffer_free(out);
+    msgbuf_unref(mb);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -178,6 +278,8 @@ int main(void)
         cmocka_unit_test(test_large_lent_part_is_referenced),
         cmocka_unit_test(test_everything_else_is_copied),
         cmocka_unit_test(test_last_holder_frees),
+        cmocka_unit_test(test_counted_references_are_held_once),
+        cmocka_unit_test(test_an_output_full_of_references_gets_copies),
         cmocka_unit_test(test_large_buffers_are_reused_then_released),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
