@@ -57,7 +57,9 @@ static const struct config_key config_keys[] = {
     {"max_in_flight", CONFIG_UINT, OFF(max_in_flight), 1, 65536, "256",
      "requests outstanding on one upstream; more wait in the queue", LIVE},
     {"queue_max", CONFIG_UINT, OFF(queue_max), 0, 10000000, "100000",
-     "requests waiting for an upstream before new ones are refused", LIVE},
+     "requests waiting for an upstream before new ones are refused; when full, the client with "
+     "the most waiting gives up its newest to a client with fewer",
+     LIVE},
     {"request_timeout", CONFIG_DURATION, OFF(request_timeout_ms), 100, 3600000, "60s",
      "a request not answered within this gets an error", LIVE},
     {"max_message", CONFIG_SIZE, OFF(max_message), 1024, (uint64_t)1 << 32, "64M",

@@ -67,6 +67,89 @@ static void request_free(struct request *r)
     free(r);
 }
 
+/*
+ * Clients with requests waiting, in a max-heap by how many: when the queue
+ * is full, the one at the top gives up its newest request to a client with
+ * fewer (router_submit). Each push or pop of a client's request moves it
+ * O(log clients) places. Growth that fails leaves a client out of the heap,
+ * which only means it is never the one asked to make room.
+ */
+static void owner_swap(struct router *rt, unsigned i, unsigned j)
+{
+    struct qowner *t = rt->owners[i];
+
+    rt->owners[i] = rt->owners[j];
+    rt->owners[j] = t;
+    rt->owners[i]->at = i + 1;
+    rt->owners[j]->at = j + 1;
+}
+
+static void owner_up(struct router *rt, unsigned i)
+{
+    while (i > 0 && rt->owners[(i - 1) / 2]->n < rt->owners[i]->n) {
+        owner_swap(rt, i, (i - 1) / 2);
+        i = (i - 1) / 2;
+    }
+}
+
+static void owner_down(struct router *rt, unsigned i)
+{
+    for (;;) {
+        unsigned l = 2 * i + 1, r = l + 1, big = i;
+        if (l < rt->n_owners && rt->owners[l]->n > rt->owners[big]->n)
+            big = l;
+        if (r < rt->n_owners && rt->owners[r]->n > rt->owners[big]->n)
+            big = r;
+        if (big == i)
+            return;
+        owner_swap(rt, i, big);
+        i = big;
+    }
+}
+
+/* One more of qo's requests waits. */
+static void owner_more(struct router *rt, struct qowner *qo)
+{
+    qo->n++;
+    if (qo->at) {
+        owner_up(rt, qo->at - 1);
+        return;
+    }
+    if (rt->n_owners == rt->owners_cap) {
+        unsigned cap = rt->owners_cap ? 2 * rt->owners_cap : 64;
+        struct qowner **grown = realloc(rt->owners, cap * sizeof(*grown));
+        if (!grown)
+            return;
+        rt->owners = grown;
+        rt->owners_cap = cap;
+    }
+    rt->owners[rt->n_owners] = qo;
+    qo->at = ++rt->n_owners;
+    owner_up(rt, qo->at - 1);
+}
+
+/* One fewer of qo's requests waits. */
+static void owner_less(struct router *rt, struct qowner *qo)
+{
+    unsigned i;
+
+    qo->n--;
+    if (!qo->at)
+        return;
+    i = qo->at - 1;
+    if (qo->n > 0) {
+        owner_down(rt, i);
+        return;
+    }
+    qo->at = 0;
+    if (i != --rt->n_owners) {
+        rt->owners[i] = rt->owners[rt->n_owners];
+        rt->owners[i]->at = i + 1;
+        owner_down(rt, i);
+        owner_up(rt, i);
+    }
+}
+
 /* The wait list r belongs on: its client's, or the router's own. */
 static struct waitq *owner_waitq(struct router *rt, struct request *r)
 {
@@ -93,6 +176,8 @@ static void queue_push(struct router *rt, struct request *r, bool front)
     r->queued = true;
     rt->n_queued++;
     rt->n_queued_pick[r->pick]++;
+    if (r->session)
+        owner_more(rt, session_qowner(r->session));
 }
 
 static void queue_remove(struct router *rt, struct request *r)
@@ -108,6 +193,8 @@ static void queue_remove(struct router *rt, struct request *r)
     r->queued = false;
     rt->n_queued--;
     rt->n_queued_pick[r->pick]--;
+    if (r->session)
+        owner_less(rt, session_qowner(r->session));
 }
 
 /* Some waiting request, or NULL. */
@@ -241,6 +328,7 @@ struct router *router_free(struct router *rt)
     }
     event_free(rt->dispatch);
     htab_free(&rt->table);
+    free(rt->owners);
     free(rt);
     return NULL;
 }
@@ -312,6 +400,30 @@ void router_dispatch(struct router *rt)
     dispatch_kind(rt, REQUEST_PICK_SUBS);
 }
 
+/*
+ * The queue is full and s has a request to add: the client with the most
+ * waiting gives up its newest one, when it has at least two more than s.
+ * So one client, or many connections of one, cannot keep another's first
+ * request out; between clients with as many waiting, the newcomer is the
+ * one refused. Returns whether there is room now.
+ */
+static bool queue_make_room(struct router *rt, struct session *s)
+{
+    struct qowner *top = rt->n_owners ? rt->owners[0] : NULL;
+    struct request *victim;
+
+    if (!top || top->n < session_qowner(s)->n + 2)
+        return false;
+    victim =
+        TAILQ_LAST(&session_waitq(session_of_qowner(top), REQUEST_PICK_LOAD)->reqs, request_list);
+    if (!victim)
+        return false;
+    rt->evicted++;
+    request_fail(rt, victim, SUBPOOL_ERR_UNAVAILABLE,
+                 "request queue full: this client had the most requests waiting");
+    return true;
+}
+
 void router_submit(struct router *rt, struct session *s, struct batch *b, const char *buf,
                    const struct jsonrpc_msg *msg, unsigned flags, unsigned method_slot)
 {
@@ -361,7 +473,7 @@ void router_submit(struct router *rt, struct session *s, struct batch *b, const 
 
     if (rt->n_queued_pick[REQUEST_PICK_LOAD] == 0 && request_send(rt, r))
         return;
-    if (rt->n_queued >= rt->srv->cfg->queue_max) {
+    if (rt->n_queued >= rt->srv->cfg->queue_max && !queue_make_room(rt, s)) {
         char m[96];
         snprintf(m, sizeof(m), "request queue full (%u waiting for an upstream)",
                  rt->srv->cfg->queue_max);

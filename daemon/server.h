@@ -45,6 +45,17 @@ TAILQ_HEAD(waitq_ring, waitq);
 
 /* Kinds of requests that may wait (REQUEST_PICK_TARGET ones never do). */
 #define WAIT_KINDS 2
+
+/*
+ * A client's share of the queue: how many of its requests wait, and its
+ * place in the router's heap of clients by that count, so that a full
+ * queue makes room by refusing the newest request of the client with the
+ * most waiting (router.c).
+ */
+struct qowner {
+    unsigned n;  /* its requests waiting */
+    unsigned at; /* 1 + its index in router->owners; 0 while not there */
+};
 TAILQ_HEAD(session_list, session);
 TAILQ_HEAD(sub_list, sub);
 TAILQ_HEAD(orphan_list, orphan);
@@ -179,6 +190,9 @@ struct router {
     struct waitq internal[WAIT_KINDS];  /* the daemon's own (subscribes, health polls) */
     size_t n_queued;
     size_t n_queued_pick[WAIT_KINDS];
+    struct qowner **owners; /* clients with requests waiting: a max-heap by count */
+    unsigned n_owners, owners_cap;
+    uint64_t evicted;         /* waiting requests refused to make room for a client with fewer */
     uint64_t dispatch_visits; /* requests looked at by dispatch: a debug counter for tests */
     uint64_t next_uid;
     const struct timeval *timeout_tv; /* a libevent common timeout */
@@ -284,6 +298,8 @@ void session_error(struct session *s, struct batch *b, const char *id, size_t id
                    const char *message);
 /* The wait list of s's requests of this kind (REQUEST_PICK_LOAD or _SUBS). */
 struct waitq *session_waitq(struct session *s, enum request_pick pick);
+struct qowner *session_qowner(struct session *s);
+struct session *session_of_qowner(struct qowner *qo);
 /* The router attached or detached one of s's requests. */
 void session_request_added(struct session *s, struct request *r);
 void session_request_removed(struct session *s, struct request *r);

@@ -12,6 +12,7 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <fcntl.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +38,16 @@ uint64_t session_id(const struct session *s)
 struct waitq *session_waitq(struct session *s, enum request_pick pick)
 {
     return &s->wait[pick];
+}
+
+struct qowner *session_qowner(struct session *s)
+{
+    return &s->qowner;
+}
+
+struct session *session_of_qowner(struct qowner *qo)
+{
+    return (struct session *)((char *)qo - offsetof(struct session, qowner));
 }
 
 struct subscriber_list *session_subscribers(struct session *s)

@@ -42,6 +42,7 @@ struct session {
     struct request_list requests;
     unsigned n_requests;
     struct waitq wait[WAIT_KINDS]; /* its requests waiting for an upstream (router.c) */
+    struct qowner qowner;          /* how many of them, for its share of queue_max */
     unsigned n_subscribers;        /* its subscriptions (subs.c) */
     unsigned n_subs_pending;       /* of them, those whose reply it still waits for */
     struct account acct;           /* what the daemon holds for this client (account.c) */

@@ -612,3 +612,33 @@ def test_a_reply_shared_by_reference_counts_once(devnode, daemon):
     for c in clients:
         c.close()
     harness.poll(lambda: held(d), lambda h: h <= base // 4, 10, "released when the clients left")
+
+
+def test_a_full_queue_makes_room_for_a_client_with_fewer_waiting(devnode, daemon):
+    """Item 2 (deliver): queue_max was one pool for every client, so a few connections at
+    client_max_in_flight filled it and every other client's requests were refused with
+    -32050. Now the client with the most requests waiting gives up its newest to a client
+    with fewer; between clients with as many, the newcomer is refused."""
+    node = devnode(latency_ms=10000)  # nothing is answered while the test runs
+    d = daemon(node, pool_size=1, max_in_flight=1, queue_max=20, client_max_in_flight=1000,
+               shutdown_timeout="1s")
+    a, b, c = Conn(d), Conn(d), Conn(d)
+    a.send(b"".join(rpc("devnode_echo", [i], i) + b"\n" for i in range(15)))
+    d.wait_status(lambda s: s["queued"] == 14 and s["in_flight"] == 1, "a: one sent, 14 waiting")
+    b.send(b"".join(rpc("devnode_echo", [i], i) + b"\n" for i in range(100, 106)))
+    d.wait_status(lambda s: s["queued"] == 20, "the queue full")
+    # c has none waiting: a, with the most, gives up its newest.
+    c.send(rpc("devnode_echo", ["c"], "c") + b"\n")
+    evicted = json.loads(a.read_until(b"\n"))
+    assert evicted["id"] == 14 and evicted["error"]["code"] == harness.ERR_UNAVAILABLE, evicted
+    assert "most requests waiting" in evicted["error"]["message"], evicted
+    status = d.wait_status(lambda s: s["queue_evicted"] == 1, "one eviction counted")
+    assert status["queued"] == 20, status
+    # a, still the one with the most, gets no room from anyone: its own new request is refused.
+    a.send(rpc("devnode_echo", ["more"], 50) + b"\n")
+    refused = json.loads(a.read_until(b"\n"))
+    assert refused["id"] == 50 and refused["error"]["code"] == harness.ERR_UNAVAILABLE, refused
+    assert "most requests waiting" not in refused["error"]["message"], refused
+    assert d.status()["queue_evicted"] == 1
+    for conn in (a, b, c):
+        conn.close()
