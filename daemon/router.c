@@ -255,6 +255,9 @@ static void request_timeout_cb(evutil_socket_t fd, short what, void *arg)
     } else {
         log_info("upstream %u: request %llu timed out after %u ms", r->member->index,
                  (unsigned long long)r->uid, ms);
+        /* The node may still refuse it for its size: that must not fall on another. */
+        if (r->sent_len > r->member->timed_out_len)
+            r->member->timed_out_len = r->sent_len;
         snprintf(msg, sizeof(msg), "request timed out after %u ms%s", ms,
                  (r->flags & METHOD_WRITE) ? "; the outcome is unknown" : "");
         request_fail(rt, r, SUBPOOL_ERR_TIMEOUT, msg);
@@ -552,6 +555,31 @@ static void fail_too_big(struct router *rt, struct request *r)
     request_fail(rt, r, SUBPOOL_ERR_LIMIT, msg);
 }
 
+/*
+ * A node's "too big" on m: charged to the largest request in flight there,
+ * unless one at least as large timed out on m since the last such answer:
+ * then that one was it, and no request in flight is blamed. (A large one
+ * that timed out while the node read it and a smaller one that the node
+ * refused later would leave the smaller to time out instead: rarer, and
+ * harmless to others.) Returns whether a request failed.
+ */
+static bool charge_too_big(struct router *rt, struct pool_member *m)
+{
+    struct request *r = largest_sent(m);
+
+    if (m->timed_out_len && (!r || m->timed_out_len >= r->sent_len)) {
+        log_warn("upstream %u: the node refused a %zu-byte request as too large, after it "
+                 "timed out here",
+                 m->index, m->timed_out_len);
+        m->timed_out_len = 0;
+        return false;
+    }
+    if (!r)
+        return false;
+    fail_too_big(rt, r);
+    return true;
+}
+
 void router_on_message(struct router *rt, struct pool_member *m, const char *msg, size_t len)
 {
     struct jsonrpc_msg jm;
@@ -568,14 +596,13 @@ void router_on_message(struct router *rt, struct pool_member *m, const char *msg
         subs_on_notification(rt->srv, m, msg, len, &jm);
         return;
     }
-    if (jm.id.type == JSON_NULL && error_code_is(msg, &jm.error, JSONRPC_NODE_TOO_BIG) &&
-        (r = largest_sent(m))) {
+    if (jm.id.type == JSON_NULL && error_code_is(msg, &jm.error, JSONRPC_NODE_TOO_BIG)) {
         /*
          * A node (jsonrpsee) that will not read a request for its size says so
          * with a null id: the largest one in flight is the one, even if its
          * client has left (sent_len is kept then).
          */
-        fail_too_big(rt, r);
+        charge_too_big(rt, m);
         router_dispatch(rt);
         server_maybe_finish(rt->srv);
         return;
@@ -642,10 +669,9 @@ void router_on_lost(struct router *rt, struct pool_member *m, const char *reason
     unsigned n_retry = 0, n_failed = 0;
 
     /* A node that closes with 1009 cannot read what we sent: the largest is why. */
-    if (too_big && (r = largest_sent(m))) {
-        fail_too_big(rt, r);
+    if (too_big && charge_too_big(rt, m))
         n_failed++;
-    }
+    m->timed_out_len = 0; /* a new link: what timed out here is forgotten by the node too */
 
     while ((r = TAILQ_FIRST(&m->sent))) {
         TAILQ_REMOVE(&m->sent, r, q_link);

@@ -113,6 +113,7 @@ struct pool_member {
     unsigned n_subs_pending; /* subscribes sent on it, not yet answered */
     uint64_t requests;       /* sent, total */
     struct request_list sent;
+    size_t timed_out_len; /* largest request that timed out here since a node's "too big" */
     struct sub_list subs;
     struct htab subs_by_id;     /* its active subs by upstream subscription id */
     struct orphan_list orphans; /* notifications that came before their subscribe reply */

@@ -502,6 +502,27 @@ def test_a_node_refusal_is_charged_to_the_big_request_even_when_its_client_left(
     b.close()
 
 
+def test_a_node_refusal_after_the_big_request_timed_out_blames_nobody_else(devnode, daemon):
+    """Item 3 (deliver): a big request that timed out before the node said "too big" was
+    forgotten, so the refusal was charged to the largest request still in flight: another
+    client's read got -32053 for a size it never sent. That read must be left to its own
+    fate (here it times out: the node is slow)."""
+    # Each answer comes 1.5 s after its request; requests time out after 1 s: a's "too big"
+    # arrives after a timed out and while b, sent after that, is still in flight.
+    node = devnode("--oversize-reply", max_message=1 << 20, latency_ms=1500)
+    d = daemon(node, pool_size=1, max_request="4M", request_timeout="1s", shutdown_timeout="1s")
+    a, b = Conn(d), Conn(d)
+    a.send(rpc("devnode_echo", ["x" * (2 << 20)], 1) + b"\n")
+    timed_out = json.loads(a.read_until(b"\n", timeout=10))
+    assert timed_out["error"]["code"] == harness.ERR_TIMEOUT, timed_out
+    b.send(rpc("devnode_echo", ["small"], 2) + b"\n")
+    reply = json.loads(b.read_until(b"\n", timeout=10))
+    assert reply["error"]["code"] == harness.ERR_TIMEOUT, f"b was blamed for a's size: {reply}"
+    d.wait_log("after it timed out here")
+    a.close()
+    b.close()
+
+
 def test_a_websocket_message_in_progress_is_charged(devnode, daemon):
     """Review of item 1: wslay takes a message's bytes out of the input buffer as they come,
     so a message left unfinished was held by nobody's account: many such connections could
