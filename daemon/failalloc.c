@@ -5,7 +5,9 @@
  * allocations reach the same counter through their allocator hooks (wslay
  * has none). With SUBPOOL_FAIL_ALLOC=N in the environment, the Nth
  * allocation counted from "ready" on returns NULL, once. At exit the count
- * is logged, so a script can try every N a session reaches.
+ * is logged, so a script can try every N a session reaches. With
+ * SUBPOOL_FAIL_ALLOC_MIN=BYTES only allocations of at least that size are
+ * counted: a test aims at the few large ones (a reply's copy) that way.
  */
 #include "failalloc.h"
 
@@ -31,6 +33,7 @@ char *__wrap_strndup(const char *s, size_t n);
 
 static bool armed;
 static uint64_t counted, fail_at;
+static size_t counted_min;
 
 static void report(void)
 {
@@ -38,37 +41,38 @@ static void report(void)
         log_info("alloc-fail: %llu allocations counted since ready", (unsigned long long)counted);
 }
 
-/* True when this allocation is the one to fail. */
-static bool fail_now(void)
+/* True when this allocation, of size bytes, is the one to fail. */
+static bool fail_now(size_t size)
 {
-    if (!armed)
+    if (!armed || size < counted_min)
         return false;
     return ++counted == fail_at;
 }
 
 void *__wrap_malloc(size_t n)
 {
-    return fail_now() ? NULL : __real_malloc(n);
+    return fail_now(n) ? NULL : __real_malloc(n);
 }
 
 void *__wrap_calloc(size_t n, size_t size)
 {
-    return fail_now() ? NULL : __real_calloc(n, size);
+    return fail_now(size && n > SIZE_MAX / size ? SIZE_MAX : n * size) ? NULL
+                                                                       : __real_calloc(n, size);
 }
 
 void *__wrap_realloc(void *p, size_t n)
 {
-    return fail_now() ? NULL : __real_realloc(p, n);
+    return fail_now(n) ? NULL : __real_realloc(p, n);
 }
 
 char *__wrap_strdup(const char *s)
 {
-    return fail_now() ? NULL : __real_strdup(s);
+    return fail_now(strlen(s) + 1) ? NULL : __real_strdup(s);
 }
 
 char *__wrap_strndup(const char *s, size_t n)
 {
-    return fail_now() ? NULL : __real_strndup(s, n);
+    return fail_now(strnlen(s, n) + 1) ? NULL : __real_strndup(s, n);
 }
 
 static void *crypto_malloc(size_t n, const char *file, int line)
@@ -94,11 +98,12 @@ static void crypto_free(void *p, const char *file, int line)
 
 void failalloc_init(void)
 {
-    const char *at = getenv("SUBPOOL_FAIL_ALLOC");
+    const char *at = getenv("SUBPOOL_FAIL_ALLOC"), *min = getenv("SUBPOOL_FAIL_ALLOC_MIN");
 
     event_set_mem_functions(__wrap_malloc, __wrap_realloc, free);
     CRYPTO_set_mem_functions(crypto_malloc, crypto_realloc, crypto_free);
     fail_at = at ? strtoull(at, NULL, 10) : 0;
+    counted_min = min ? (size_t)strtoull(min, NULL, 10) : 0;
     atexit(report);
 }
 

@@ -55,10 +55,15 @@ struct subscriber_list *session_subscribers(struct session *s)
     return &s->subscribers;
 }
 
-/* Bytes of a reply into the output: a reply from a node by reference when large. */
+/*
+ * Bytes of a reply into the output: a reply from a node by reference when
+ * large. Bytes that cannot be added would leave a message with a hole, so
+ * the client is cut (after the delivery under way; nothing more is added).
+ */
 static void session_add(struct session *s, struct evbuffer *out, const void *p, size_t n)
 {
-    msgbuf_add_counted(out, &s->outrefs, p, n);
+    if (!s->dropping && msgbuf_add_counted(out, &s->outrefs, p, n) != 0)
+        session_cut(s, "out of memory for a reply");
 }
 
 void session_write(struct session *s, const void *p, size_t n)
@@ -373,7 +378,7 @@ static void ndjson_emit(struct session *s, const struct iovec *parts, int n)
         struct evbuffer *out = bufferevent_get_output(s->bev);
         for (int i = 0; i < n; i++)
             session_add(s, out, parts[i].iov_base, parts[i].iov_len);
-        evbuffer_add(out, "\n", 1);
+        session_add(s, out, "\n", 1);
         return;
     }
     memcpy(iov, parts, (size_t)n * sizeof(*iov));
