@@ -233,7 +233,11 @@ def sole_client(d) -> harness.NdjsonClient:
     them leave they count against a per-uid cap and may fill it. It asks through itself."""
     def attempt():
         c = harness.NdjsonClient(d.socket, 10)
-        if c.call("subpool_status").result is None:
+        try:
+            refused = c.call("subpool_status").result is None
+        except (OSError, EOFError):
+            refused = True  # refused before it asked: the daemon closed on its unread request
+        if refused:
             c.close()
             return None
         harness.poll(lambda: c.call("subpool_status").result["clients"], lambda n: n == 1, 10,
