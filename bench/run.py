@@ -199,6 +199,9 @@ class Stack:
         sock = self.tmp / f"{name}.sock"
         argv = [self.subpoold_bin, "--socket", sock, "--upstream", node.url,
                 "--pool-size", pool_size, "--log-level", "warn"]
+        # The scenarios compare the forwarding path with the alternatives, like for like:
+        # identical concurrent reads (S1 and S2 ask system_chain) must each reach the node.
+        keys.setdefault("coalesce", "false")
         for k, v in keys.items():
             argv += ["-o", f"{k}={v}"]
         p = Proc(name, argv, self.logdir, env=env)

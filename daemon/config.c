@@ -123,6 +123,8 @@ static const struct config_key config_keys[] = {
      "an upstream whose best block stays behind this long while another advances is "
      "taken out of rotation; 0 disables (off with a single endpoint)",
      LIVE},
+    {"coalesce", CONFIG_BOOL, OFF(coalesce), 0, 1, "true",
+     "identical pure reads from any clients while one is in flight share its reply", LIVE},
     {"shutdown_timeout", CONFIG_DURATION, OFF(shutdown_timeout_ms), 0, 600000, "10s",
      "on SIGTERM, how long in-flight requests may take to finish", LIVE},
     {"log_level", CONFIG_LOGLEVEL, OFF(log_level), 0, 0, "info", "error, warn, info or debug",

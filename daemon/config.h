@@ -50,6 +50,7 @@ struct config {
     enum log_level log_level;
     char *tcp_listen; /* "" when off */
     bool tcp_allow_remote;
+    bool coalesce;
     char *allowed_origins; /* "" when none */
 };
 

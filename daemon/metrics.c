@@ -175,7 +175,14 @@ void metrics_render(struct server *srv, struct evbuffer *out)
         "# TYPE subpool_client_sent_bytes_total counter\nsubpool_client_sent_bytes_total %llu\n"
         "# HELP subpool_connections_accepted_total Local connections accepted.\n"
         "# TYPE subpool_connections_accepted_total counter\n"
-        "subpool_connections_accepted_total %llu\n",
+        "subpool_connections_accepted_total %llu\n"
+        "# HELP subpool_coalesced_total Reads that shared an identical read's reply instead of "
+        "going to the node.\n"
+        "# TYPE subpool_coalesced_total counter\nsubpool_coalesced_total %llu\n"
+        "# HELP subpool_queue_evicted_total Waiting requests refused to make room for a client "
+        "with fewer waiting.\n"
+        "# TYPE subpool_queue_evicted_total counter\nsubpool_queue_evicted_total %llu\n",
         srv->n_subs, srv->router->n_queued, (unsigned long long)srv->stats.bytes_in,
-        (unsigned long long)srv->stats.bytes_out, (unsigned long long)srv->stats.accepted);
+        (unsigned long long)srv->stats.bytes_out, (unsigned long long)srv->stats.accepted,
+        (unsigned long long)srv->router->coalesced, (unsigned long long)srv->router->evicted);
 }

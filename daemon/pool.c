@@ -159,9 +159,11 @@ static void best_seen(struct pool *p, struct pool_member *l, uint64_t n)
         l->best_known = true;
         l->best = n;
         l->best_at_ms = e->best_known && n == e->best ? e->best_at_ms : now;
+        p->srv->head_epoch++;
     } else if (n > l->best) {
         l->best = n;
         l->best_at_ms = now;
+        p->srv->head_epoch++; /* a newer block: reads of "latest" are not shared across it */
     }
     if (!e->best_known || n > e->best) {
         e->best_known = true;

@@ -14,6 +14,7 @@
 #include "log.h"
 #include "methods.h"
 #include "metrics.h"
+#include "readkey.h"
 #include "server.h"
 #include "subs.h"
 #include "upstream.h"
@@ -64,6 +65,7 @@ static void request_free(struct request *r)
         evtimer_del(&r->timer);
     free(r->orig_id);
     free(r->wire);
+    free(r->key);
     free(r);
 }
 
@@ -150,6 +152,84 @@ static void owner_less(struct router *rt, struct qowner *qo)
     }
 }
 
+/*
+ * Coalescing. A pure read (readkey.h) that is sent leads: until its reply,
+ * an identical read from any client follows it instead of going upstream,
+ * and gets the same reply with its own id. A read of "latest" follows only
+ * a leader first sent in the current head epoch, so it never gets an answer
+ * from before a block the daemon has seen. Errors reach every follower. A
+ * leader whose client leaves goes on for its followers; one dropped
+ * unanswered hands its followers to the first of them, which goes upstream
+ * in its place.
+ */
+static struct request *flight_find(struct router *rt, const struct request *r)
+{
+    for (struct hnode *e = htab_first(&rt->flights, htab_hash(r->key, r->key_len)); e;
+         e = htab_next(e)) {
+        struct request *l = htab_entry(e, struct request, fnode);
+        if (l->key_len == r->key_len && memcmp(l->key, r->key, r->key_len) == 0 &&
+            (!r->latest || l->epoch == rt->srv->head_epoch))
+            return l;
+    }
+    return NULL;
+}
+
+/* r follows an identical read in flight, if there is one. */
+static bool flight_join(struct router *rt, struct request *r)
+{
+    struct request *l;
+
+    if (!r->key || r->leading || !TAILQ_EMPTY(&r->followers) || !rt->srv->cfg->coalesce ||
+        !(l = flight_find(rt, r)))
+        return false;
+    r->leader = l;
+    TAILQ_INSERT_TAIL(&l->followers, r, f_link);
+    rt->coalesced++;
+    return true;
+}
+
+/* r has just been sent for the first time: identical reads may follow it. */
+static void flight_lead(struct router *rt, struct request *r)
+{
+    if (!r->key || r->leading || !rt->srv->cfg->coalesce)
+        return;
+    r->leading = true;
+    r->epoch = rt->srv->head_epoch;
+    /* Reserved at start: never fails (chains get longer if growth does). */
+    (void)htab_insert(&rt->flights, &r->fnode, htab_hash(r->key, r->key_len));
+}
+
+/* r's followers, taken from it into list (each without a leader now). */
+static void flight_take(struct request *r, struct request_list *list)
+{
+    struct request *f;
+
+    TAILQ_INIT(list);
+    while ((f = TAILQ_FIRST(&r->followers))) {
+        TAILQ_REMOVE(&r->followers, f, f_link);
+        f->leader = NULL;
+        TAILQ_INSERT_TAIL(list, f, f_link);
+    }
+}
+
+/* r goes without an answer: its first follower takes the others over and is returned. */
+static struct request *flight_hand_over(struct request *r)
+{
+    struct request_list list;
+    struct request *heir, *f;
+
+    flight_take(r, &list);
+    if (!(heir = TAILQ_FIRST(&list)))
+        return NULL;
+    TAILQ_REMOVE(&list, heir, f_link);
+    while ((f = TAILQ_FIRST(&list))) {
+        TAILQ_REMOVE(&list, f, f_link);
+        f->leader = heir;
+        TAILQ_INSERT_TAIL(&heir->followers, f, f_link);
+    }
+    return heir;
+}
+
 /* The wait list r belongs on: its client's, or the router's own. */
 static struct waitq *owner_waitq(struct router *rt, struct request *r)
 {
@@ -211,6 +291,14 @@ static struct request *queue_any(struct router *rt)
 /* Take r out of whatever it sits on (the queue or an upstream) and out of its session. */
 static void request_unlink(struct router *rt, struct request *r)
 {
+    if (r->leading) {
+        htab_remove(&rt->flights, &r->fnode);
+        r->leading = false;
+    }
+    if (r->leader) {
+        TAILQ_REMOVE(&r->leader->followers, r, f_link);
+        r->leader = NULL;
+    }
     if (r->member) {
         TAILQ_REMOVE(&r->member->sent, r, q_link);
         r->member->in_flight--;
@@ -230,7 +318,14 @@ static void request_fail(struct router *rt, struct request *r, int code, const c
 {
     struct session *s = r->session;
     struct batch *b = r->batch;
+    struct request_list followers;
+    struct request *f;
 
+    flight_take(r, &followers);
+    while ((f = TAILQ_FIRST(&followers))) {
+        TAILQ_REMOVE(&followers, f, f_link);
+        request_fail(rt, f, code, message);
+    }
     request_unlink(rt, r);
     if (s) {
         rt->srv->stats.errors++;
@@ -249,7 +344,11 @@ static void request_timeout_cb(evutil_socket_t fd, short what, void *arg)
     char msg[160];
     unsigned ms = rt->srv->cfg->request_timeout_ms;
 
-    if (!r->member) {
+    if (r->leader) {
+        /* Its read went upstream, with another's: as if it had itself. */
+        snprintf(msg, sizeof(msg), "request timed out after %u ms", ms);
+        request_fail(rt, r, SUBPOOL_ERR_TIMEOUT, msg);
+    } else if (!r->member) {
         snprintf(msg, sizeof(msg), "no upstream available within %u ms", ms);
         request_fail(rt, r, SUBPOOL_ERR_UNAVAILABLE, msg);
     } else {
@@ -285,10 +384,12 @@ struct router *router_new(struct server *srv)
         return NULL;
     rt->srv = srv;
     rt->dispatch = event_new(srv->base, -1, 0, dispatch_cb, rt);
-    if (htab_reserve(&rt->table, TABLE_MIN) < 0 || !rt->dispatch) {
+    if (htab_reserve(&rt->table, TABLE_MIN) < 0 || htab_reserve(&rt->flights, TABLE_MIN) < 0 ||
+        !rt->dispatch) {
         if (rt->dispatch)
             event_free(rt->dispatch);
         htab_free(&rt->table);
+        htab_free(&rt->flights);
         free(rt);
         return NULL;
     }
@@ -331,6 +432,7 @@ struct router *router_free(struct router *rt)
     }
     event_free(rt->dispatch);
     htab_free(&rt->table);
+    htab_free(&rt->flights);
     free(rt->owners);
     free(rt);
     return NULL;
@@ -365,6 +467,7 @@ static bool request_send(struct router *rt, struct request *r)
         m->n_subs_pending++; /* counts against the cap until its reply */
     TAILQ_INSERT_TAIL(&m->sent, r, q_link);
     table_insert(rt, r);
+    flight_lead(rt, r);
     return true;
 }
 
@@ -386,7 +489,9 @@ static void dispatch_kind(struct router *rt, enum request_pick pick)
 
         rt->dispatch_visits++;
         queue_remove(rt, r);
-        if (!request_send(rt, r)) {
+        if (flight_join(rt, r)) {
+            /* Placed: with an identical read sent while it waited. */
+        } else if (!request_send(rt, r)) {
             queue_push(rt, r, true); /* its owner keeps its turn */
             return;
         }
@@ -438,6 +543,7 @@ void router_submit(struct router *rt, struct session *s, struct batch *b, const 
     r = calloc(1, sizeof(*r));
     if (!r)
         goto fail;
+    TAILQ_INIT(&r->followers);
     r->rt = rt;
     r->uid = rt->next_uid++;
     r->flags = flags;
@@ -468,12 +574,25 @@ void router_submit(struct router *rt, struct session *s, struct batch *b, const 
         return;
     }
 
+    if (rt->srv->cfg->coalesce && flags == 0) {
+        enum read_at at;
+        size_t cap = (msg->params.type == JSON_NONE ? 0 : msg->params.len) + READ_KEY_EXTRA;
+        /* Out of memory here only means this read is not shared. */
+        if ((r->key = malloc(cap)) &&
+            !(r->key_len = read_key(buf, &msg->method, &msg->params, r->key, cap, &at))) {
+            free(r->key);
+            r->key = NULL;
+        }
+        r->latest = r->key && at == READ_LATEST;
+    }
     r->session = s;
     r->batch = b;
     session_request_added(s, r);
     evtimer_assign(&r->timer, rt->srv->base, request_timeout_cb, r);
     evtimer_add(&r->timer, rt->timeout_tv);
 
+    if (flight_join(rt, r))
+        return;
     if (rt->n_queued_pick[REQUEST_PICK_LOAD] == 0 && request_send(rt, r))
         return;
     if (rt->n_queued >= rt->srv->cfg->queue_max && !queue_make_room(rt, s)) {
@@ -493,10 +612,24 @@ fail:
 
 void router_forget(struct router *rt, struct request *r)
 {
-    /* While stopping, nobody waits for the reply: drop it so shutdown need not wait. */
-    if (r->queued || (r->member && rt->srv->stopping)) {
+    struct request *heir;
+
+    /* A follower is nobody else's concern: it goes. */
+    if (r->leader) {
         request_unlink(rt, r);
         request_free(r);
+        return;
+    }
+    /* While stopping, nobody waits for the reply: drop it so shutdown need not wait. */
+    if (r->queued || (r->member && rt->srv->stopping)) {
+        heir = flight_hand_over(r);
+        request_unlink(rt, r);
+        request_free(r);
+        if (heir) {
+            /* Its followers still want the answer: the first asks in its place. */
+            queue_push(rt, heir, false);
+            event_active(rt->dispatch, 0, 0);
+        }
         return;
     }
     /*
@@ -580,6 +713,30 @@ static bool charge_too_big(struct router *rt, struct pool_member *m)
     return true;
 }
 
+/* The node's reply msg for r, to r's client with r's own id (if it is still there); r goes. */
+static void reply_deliver(struct router *rt, struct request *r, const char *msg,
+                          const struct jsonrpc_msg *jm)
+{
+    struct session *s = r->session;
+    struct batch *b = r->batch;
+
+    request_unlink(rt, r);
+    if (s) {
+        struct iovec parts[3] = {
+            {(void *)(msg + jm->whole.off), jm->id.off - jm->whole.off},
+            {r->orig_id, r->orig_id_len},
+            {(void *)(msg + jm->id.off + jm->id.len),
+             jm->whole.off + jm->whole.len - (jm->id.off + jm->id.len)},
+        };
+        rt->srv->stats.responses++;
+        if (jm->error.type != JSON_NONE)
+            metrics_count_error(rt->srv->metrics, r->method_slot);
+        metrics_observe(rt->srv->metrics, clock_mono_ns() - r->start_ns);
+        session_deliver(s, b, parts, 3);
+    }
+    request_free(r);
+}
+
 void router_on_message(struct router *rt, struct pool_member *m, const char *msg, size_t len)
 {
     struct jsonrpc_msg jm;
@@ -618,25 +775,17 @@ void router_on_message(struct router *rt, struct pool_member *m, const char *msg
         request_unlink(rt, r);
         request_free(r);
         done(ctx, m, msg, len, &jm, 0, NULL);
-    } else if (r->session) {
-        struct iovec parts[3] = {
-            {(void *)(msg + jm.whole.off), jm.id.off - jm.whole.off},
-            {r->orig_id, r->orig_id_len},
-            {(void *)(msg + jm.id.off + jm.id.len),
-             jm.whole.off + jm.whole.len - (jm.id.off + jm.id.len)},
-        };
-        struct session *s = r->session;
-        struct batch *b = r->batch;
-        request_unlink(rt, r);
-        rt->srv->stats.responses++;
-        if (jm.error.type != JSON_NONE)
-            metrics_count_error(rt->srv->metrics, r->method_slot);
-        metrics_observe(rt->srv->metrics, clock_mono_ns() - r->start_ns);
-        session_deliver(s, b, parts, 3);
-        request_free(r);
     } else {
-        request_unlink(rt, r);
-        request_free(r);
+        struct request_list followers;
+        struct request *f;
+
+        /* The same reply, each with its own id: by reference into the node's message. */
+        flight_take(r, &followers);
+        reply_deliver(rt, r, msg, &jm);
+        while ((f = TAILQ_FIRST(&followers))) {
+            TAILQ_REMOVE(&followers, f, f_link);
+            reply_deliver(rt, f, msg, &jm);
+        }
     }
     router_dispatch(rt);
     server_maybe_finish(rt->srv);
@@ -681,7 +830,15 @@ void router_on_lost(struct router *rt, struct pool_member *m, const char *reason
         table_remove(rt, r);
         r->member = NULL;
         if (!r->session && !r->done) {
+            /* Its client left: a follower, if any, asks again in its place. */
+            struct request *heir = flight_hand_over(r);
+            request_unlink(rt, r);
             request_free(r);
+            if (heir) {
+                heir->retried = true;
+                TAILQ_INSERT_TAIL(&retry, heir, q_link);
+                n_retry++;
+            }
         } else if (r->pick == REQUEST_PICK_TARGET) {
             request_fail(rt, r, SUBPOOL_ERR_UPSTREAM_LOST, "upstream connection lost");
             n_failed++;
@@ -703,10 +860,18 @@ void router_on_lost(struct router *rt, struct pool_member *m, const char *reason
     /* Retries go first, in their original order. */
     while ((r = TAILQ_LAST(&retry, request_list))) {
         TAILQ_REMOVE(&retry, r, q_link);
-        if (r->session || r->done)
+        if (r->session || r->done) {
             queue_push(rt, r, true);
-        else
-            request_free(r); /* its owner left while the others were failed */
+        } else {
+            /* Its owner left while the others were failed. */
+            struct request *heir = flight_hand_over(r);
+            request_unlink(rt, r);
+            request_free(r);
+            if (heir) {
+                heir->retried = true;
+                queue_push(rt, heir, true);
+            }
+        }
     }
     log_info("upstream %u: lost (%s): %u requests to retry, %u failed", m->index, reason, n_retry,
              n_failed);
@@ -733,6 +898,7 @@ struct request *router_internal(struct router *rt, const char *method, const cha
 
     if (!r)
         return NULL;
+    TAILQ_INIT(&r->followers);
     r->rt = rt;
     r->uid = rt->next_uid++;
     r->flags = flags;

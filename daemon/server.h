@@ -97,10 +97,19 @@ struct request {
     struct pool_member *target; /* with REQUEST_PICK_TARGET */
     request_done_fn *done;      /* internal requests: who gets the reply */
     void *done_ctx;
-    struct event timer;          /* request_timeout */
-    TAILQ_ENTRY(request) s_link; /* session->requests */
-    TAILQ_ENTRY(request) q_link; /* member->sent or router queue */
-    struct hnode hnode;          /* router->table, by uid, while sent */
+    struct event timer; /* request_timeout */
+    char *key;          /* a pure read's identity (readkey.h), or NULL: never shared */
+    size_t key_len;
+    bool latest;                   /* its answer moves with the head */
+    bool leading;                  /* in router->flights: identical reads may share its reply */
+    uint64_t epoch;                /* leading: the head epoch it was first sent in */
+    struct request *leader;        /* a follower: the request whose reply it gets */
+    struct request_list followers; /* leading or not: the requests that get its reply */
+    TAILQ_ENTRY(request) f_link;   /* leader->followers */
+    struct hnode fnode;            /* router->flights */
+    TAILQ_ENTRY(request) s_link;   /* session->requests */
+    TAILQ_ENTRY(request) q_link;   /* member->sent or router queue */
+    struct hnode hnode;            /* router->table, by uid, while sent */
 };
 
 /* One upstream websocket and the requests it carries. Owned by the pool. */
@@ -194,6 +203,8 @@ struct router {
     struct qowner **owners; /* clients with requests waiting: a max-heap by count */
     unsigned n_owners, owners_cap;
     uint64_t evicted;         /* waiting requests refused to make room for a client with fewer */
+    struct htab flights;      /* reads in flight that identical ones may share, by key */
+    uint64_t coalesced;       /* requests that shared another's reply instead of going upstream */
     uint64_t dispatch_visits; /* requests looked at by dispatch: a debug counter for tests */
     uint64_t next_uid;
     const struct timeval *timeout_tv; /* a libevent common timeout */
@@ -229,6 +240,7 @@ struct stats {
 };
 
 struct server {
+    uint64_t head_epoch; /* moves on every sign of a new block: reads of "latest" key on it */
     struct event_base *base;
     struct evdns_base *dns;
     struct config *cfg;

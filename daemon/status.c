@@ -93,14 +93,15 @@ static void status_build(struct server *srv, struct evbuffer *out)
     evbuffer_add_printf(
         out,
         "{\"version\":\"%s\",\"pid\":%ld,\"uptime\":%lld,\"clients\":%u,"
-        "\"in_flight\":%zu,\"queued\":%zu,\"queue_evicted\":%llu,\"requests\":%llu,"
+        "\"in_flight\":%zu,\"queued\":%zu,\"queue_evicted\":%llu,\"coalesced\":%llu,"
+        "\"requests\":%llu,"
         "\"responses\":%llu,\"errors\":%llu,\"accepted\":%llu,"
         "\"pool_size\":%u,\"ready\":%u,\"upstreams\":[",
         SUBPOOL_VERSION, (long)getpid(), (long long)(time(NULL) - srv->started), srv->n_sessions,
         in_flight, srv->router->n_queued, (unsigned long long)srv->router->evicted,
-        (unsigned long long)srv->stats.requests, (unsigned long long)srv->stats.responses,
-        (unsigned long long)srv->stats.errors, (unsigned long long)srv->stats.accepted, p->n,
-        pool_ready(p));
+        (unsigned long long)srv->router->coalesced, (unsigned long long)srv->stats.requests,
+        (unsigned long long)srv->stats.responses, (unsigned long long)srv->stats.errors,
+        (unsigned long long)srv->stats.accepted, p->n, pool_ready(p));
     for (unsigned i = 0; i < p->n; i++)
         add_upstream(out, &p->members[i], i == 0);
     evbuffer_add(out, "]", 1);

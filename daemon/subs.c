@@ -1062,6 +1062,9 @@ void subs_on_notification(struct server *srv, struct pool_member *m, const char 
     time_t now;
     (void)srv;
 
+    /* Any notification may tell of a block (a head, new storage, an extrinsic in a block):
+     * reads of "latest" sent before it are not shared after it. */
+    srv->head_epoch++;
     if (jm->sub.type == JSON_NONE) {
         log_debug("upstream %u: dropped a notification without a subscription", m->index);
         return;
