@@ -277,7 +277,12 @@ void session_shed(struct server *srv)
     doomed += s->acct.total;
     TAILQ_FOREACH(s, &srv->closing, link)
     doomed += s->acct.total;
-    while (l->total - doomed > l->budget) {
+    /*
+     * doomed counts what cut clients hold in full, shared bytes included,
+     * though the ledger has those once: it may pass l->total. Compared, not
+     * subtracted, so it only ever makes the loop stop early.
+     */
+    while (l->total > doomed + l->budget) {
         struct session *big = NULL;
         TAILQ_FOREACH(s, &srv->sessions, link)
         {

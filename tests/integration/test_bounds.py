@@ -667,3 +667,43 @@ def test_a_full_queue_makes_room_for_a_client_with_fewer_waiting(devnode, daemon
     assert d.status()["queue_evicted"] == 1
     for conn in (a, b, c):
         conn.close()
+
+
+def test_cutting_clients_that_share_bytes_never_cuts_bystanders(devnode, daemon):
+    """Review of the shared ledger: the shedder summed what clients being cut hold in full,
+    shared bytes included, though the ledger has those once; the sum passed the ledger's
+    total, the subtraction wrapped, and every client was cut, an idle one included. Six
+    subscribers of one large subscription that read nothing are cut for client_max_output in
+    one delivery while the daemon is over its budget: the bystander must be left alone."""
+    node = devnode(block_ms=0)
+    d = daemon(node, pool_size=1, max_subscription_keys=4000, client_max_output="64K",
+               max_client_memory="1450000", shutdown_timeout="1s")
+    keys = storage_keys(4000)
+    reader = Conn(d)
+    assert "result" in reply_to(reader, "state_subscribeStorage", [keys], 0)
+    reader.read_until(b"\n", timeout=10)
+    sharers = []
+    for i in range(6):
+        c = Conn(d)
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        assert "result" in reply_to(c, "state_subscribeStorage", [keys], i + 1)
+        c.read_until(b"\n", timeout=10)
+        sharers.append(c)
+    bystander = Conn(d)
+    assert "result" in reply_to(bystander, "subpool_ping", [], 99)
+
+    def delivered():
+        subs = d.status()["subscriptions"]
+        return subs[0]["delivered"] if subs else -1
+
+    for n in range(3):
+        before = delivered()
+        node.call("devnode_newBlock")
+        harness.poll(delivered, lambda v: v != before, 10, f"block {n + 1} delivered")
+        if n == 0:
+            reader.read_until(b"\n", timeout=10)  # the reader keeps up; the others do not
+    d.wait_log("exceed client_max_output", count=6)
+    assert "result" in reply_to(bystander, "subpool_ping", [], 100), "the bystander was cut"
+    assert "holds 18446744" not in d.log, "the shedder's sum wrapped"
+    for c in sharers + [reader, bystander]:
+        c.close()
