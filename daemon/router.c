@@ -337,6 +337,33 @@ static void request_fail(struct router *rt, struct request *r, int code, const c
     request_free(r);
 }
 
+/* Remembers a request of len bytes that timed out on m: the TIMED_OUT_KEEP largest stay. */
+static void timed_out_add(struct pool_member *m, size_t len)
+{
+    unsigned small = 0;
+
+    for (unsigned i = 1; i < TIMED_OUT_KEEP; i++)
+        if (m->timed_out[i] < m->timed_out[small])
+            small = i;
+    if (len > m->timed_out[small])
+        m->timed_out[small] = len;
+}
+
+/* The largest request that timed out on m, taken out of the list; 0 if none. */
+static size_t timed_out_take(struct pool_member *m, size_t at_least)
+{
+    unsigned big = 0;
+
+    for (unsigned i = 1; i < TIMED_OUT_KEEP; i++)
+        if (m->timed_out[i] > m->timed_out[big])
+            big = i;
+    if (!m->timed_out[big] || m->timed_out[big] < at_least)
+        return 0;
+    size_t len = m->timed_out[big];
+    m->timed_out[big] = 0;
+    return len;
+}
+
 static void request_timeout_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct request *r = arg;
@@ -355,8 +382,7 @@ static void request_timeout_cb(evutil_socket_t fd, short what, void *arg)
         log_info("upstream %u: request %llu timed out after %u ms", r->member->index,
                  (unsigned long long)r->uid, ms);
         /* The node may still refuse it for its size: that must not fall on another. */
-        if (r->sent_len > r->member->timed_out_len)
-            r->member->timed_out_len = r->sent_len;
+        timed_out_add(r->member, r->sent_len);
         snprintf(msg, sizeof(msg), "request timed out after %u ms%s", ms,
                  (r->flags & METHOD_WRITE) ? "; the outcome is unknown" : "");
         request_fail(rt, r, SUBPOOL_ERR_TIMEOUT, msg);
@@ -690,21 +716,22 @@ static void fail_too_big(struct router *rt, struct request *r)
 
 /*
  * A node's "too big" on m: charged to the largest request in flight there,
- * unless one at least as large timed out on m since the last such answer:
- * then that one was it, and no request in flight is blamed. (A large one
- * that timed out while the node read it and a smaller one that the node
- * refused later would leave the smaller to time out instead: rarer, and
- * harmless to others.) Returns whether a request failed.
+ * unless one at least as large timed out on m since such answers began:
+ * then that one was it, and no request in flight is blamed. Each timed-out
+ * one explains one answer. (A large one that timed out while the node read
+ * it and a smaller one that the node refused later would leave the smaller
+ * to time out instead: rarer, and harmless to others.) Returns whether a
+ * request failed.
  */
 static bool charge_too_big(struct router *rt, struct pool_member *m)
 {
     struct request *r = largest_sent(m);
+    size_t gone = timed_out_take(m, r ? r->sent_len : 1);
 
-    if (m->timed_out_len && (!r || m->timed_out_len >= r->sent_len)) {
+    if (gone) {
         log_warn("upstream %u: the node refused a %zu-byte request as too large, after it "
                  "timed out here",
-                 m->index, m->timed_out_len);
-        m->timed_out_len = 0;
+                 m->index, gone);
         return false;
     }
     if (!r)
@@ -820,7 +847,8 @@ void router_on_lost(struct router *rt, struct pool_member *m, const char *reason
     /* A node that closes with 1009 cannot read what we sent: the largest is why. */
     if (too_big && charge_too_big(rt, m))
         n_failed++;
-    m->timed_out_len = 0; /* a new link: what timed out here is forgotten by the node too */
+    /* A new link: what timed out here is forgotten by the node too. */
+    memset(m->timed_out, 0, sizeof(m->timed_out));
 
     while ((r = TAILQ_FIRST(&m->sent))) {
         TAILQ_REMOVE(&m->sent, r, q_link);

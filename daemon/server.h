@@ -112,6 +112,8 @@ struct request {
     struct hnode hnode;            /* router->table, by uid, while sent */
 };
 
+#define TIMED_OUT_KEEP 8
+
 /* One upstream websocket and the requests it carries. Owned by the pool. */
 struct pool_member {
     struct pool *pool;
@@ -122,7 +124,8 @@ struct pool_member {
     unsigned n_subs_pending; /* subscribes sent on it, not yet answered */
     uint64_t requests;       /* sent, total */
     struct request_list sent;
-    size_t timed_out_len; /* largest request that timed out here since a node's "too big" */
+    /* The largest requests that timed out here since the node last said "too big" for one. */
+    size_t timed_out[TIMED_OUT_KEEP];
     struct sub_list subs;
     struct htab subs_by_id;     /* its active subs by upstream subscription id */
     struct orphan_list orphans; /* notifications that came before their subscribe reply */

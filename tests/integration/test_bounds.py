@@ -527,6 +527,24 @@ def test_a_node_refusal_after_the_big_request_timed_out_blames_nobody_else(devno
     b.close()
 
 
+def test_each_big_request_that_timed_out_explains_one_refusal(devnode, daemon):
+    """Review of the above: one remembered size explained only the first of two refusals for
+    requests that had both timed out; the second fell on an innocent read in flight."""
+    node = devnode("--oversize-reply", max_message=1 << 20, latency_ms=1500)
+    d = daemon(node, pool_size=1, max_request="4M", request_timeout="1s", shutdown_timeout="1s")
+    a1, a2, b = Conn(d), Conn(d), Conn(d)
+    a1.send(rpc("devnode_echo", ["x" * (2 << 20)], 1) + b"\n")
+    a2.send(rpc("devnode_echo", ["y" * (2 << 20)], 1) + b"\n")
+    for a in (a1, a2):
+        assert json.loads(a.read_until(b"\n", timeout=10))["error"]["code"] == harness.ERR_TIMEOUT
+    b.send(rpc("devnode_echo", ["small"], 2) + b"\n")
+    reply = json.loads(b.read_until(b"\n", timeout=10))
+    assert reply["error"]["code"] == harness.ERR_TIMEOUT, f"b was blamed for a's size: {reply}"
+    d.wait_log("after it timed out here", count=2)
+    for c in (a1, a2, b):
+        c.close()
+
+
 def test_a_websocket_message_in_progress_is_charged(devnode, daemon):
     """Review of item 1: wslay takes a message's bytes out of the input buffer as they come,
     so a message left unfinished was held by nobody's account: many such connections could
