@@ -123,6 +123,14 @@ static const struct config_key config_keys[] = {
      "an upstream whose best block stays behind this long while another advances is "
      "taken out of rotation; 0 disables (off with a single endpoint)",
      LIVE},
+    {"cache", CONFIG_BOOL, OFF(cache), 0, 1, "true",
+     "keep replies to reads at a block hash and chain constants, and answer identical ones "
+     "from them; off empties the cache",
+     LIVE},
+    {"cache_max_bytes", CONFIG_SIZE, OFF(cache_max_bytes), 0, (uint64_t)1 << 40, "256M",
+     "bytes the reply cache may hold, its own budget apart from max_client_memory; the least "
+     "recently used go first",
+     LIVE},
     {"coalesce", CONFIG_BOOL, OFF(coalesce), 0, 1, "true",
      "identical pure reads from any clients while one is in flight share its reply", LIVE},
     {"shutdown_timeout", CONFIG_DURATION, OFF(shutdown_timeout_ms), 0, 600000, "10s",

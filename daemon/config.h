@@ -51,6 +51,8 @@ struct config {
     char *tcp_listen; /* "" when off */
     bool tcp_allow_remote;
     bool coalesce;
+    bool cache;
+    uint64_t cache_max_bytes;
     char *allowed_origins; /* "" when none */
 };
 

@@ -185,4 +185,21 @@ void metrics_render(struct server *srv, struct evbuffer *out)
         srv->n_subs, srv->router->n_queued, (unsigned long long)srv->stats.bytes_in,
         (unsigned long long)srv->stats.bytes_out, (unsigned long long)srv->stats.accepted,
         (unsigned long long)srv->router->coalesced, (unsigned long long)srv->router->evicted);
+    evbuffer_add_printf(
+        out,
+        "# HELP subpool_cache_hits_total Reads answered from the reply cache.\n"
+        "# TYPE subpool_cache_hits_total counter\nsubpool_cache_hits_total %llu\n"
+        "# HELP subpool_cache_misses_total Cacheable reads not found in the reply cache.\n"
+        "# TYPE subpool_cache_misses_total counter\nsubpool_cache_misses_total %llu\n"
+        "# HELP subpool_cache_stores_total Replies kept in the reply cache.\n"
+        "# TYPE subpool_cache_stores_total counter\nsubpool_cache_stores_total %llu\n"
+        "# HELP subpool_cache_evictions_total Replies dropped from the reply cache for room.\n"
+        "# TYPE subpool_cache_evictions_total counter\nsubpool_cache_evictions_total %llu\n"
+        "# HELP subpool_cache_bytes Bytes the reply cache holds.\n"
+        "# TYPE subpool_cache_bytes gauge\nsubpool_cache_bytes %llu\n"
+        "# HELP subpool_cache_entries Replies the reply cache holds.\n"
+        "# TYPE subpool_cache_entries gauge\nsubpool_cache_entries %llu\n",
+        (unsigned long long)srv->cache.hits, (unsigned long long)srv->cache.misses,
+        (unsigned long long)srv->cache.stores, (unsigned long long)srv->cache.evictions,
+        (unsigned long long)srv->cache.bytes, (unsigned long long)srv->cache.entries);
 }

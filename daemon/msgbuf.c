@@ -28,7 +28,7 @@ static void *hold_arg;
 
 static void hold(const struct msgbuf *mb, int64_t sign)
 {
-    if (hold_fn)
+    if (hold_fn && !mb->cached)
         hold_fn(hold_arg, sign * (int64_t)(sizeof(*mb) + mb->cap));
 }
 
@@ -88,6 +88,7 @@ static struct msgbuf *spare_take(size_t cap)
     spare_bytes -= mb->cap;
     mb->refs = 1;
     mb->counted = 0;
+    mb->cached = false;
     return mb;
 }
 
@@ -124,6 +125,7 @@ struct msgbuf *msgbuf_reserve(struct msgbuf *mb, size_t cap)
     if (!mb) {
         nb->refs = 1;
         nb->counted = 0;
+        nb->cached = false;
     }
     nb->cap = cap;
     return nb;
@@ -150,6 +152,24 @@ void msgbuf_lend_end(void)
 {
     lent = NULL;
     lent_len = 0;
+}
+
+struct msgbuf *msgbuf_lent(size_t *len)
+{
+    *len = lent_len;
+    return lent;
+}
+
+void msgbuf_set_cached(struct msgbuf *mb, bool on)
+{
+    if (mb->cached == on)
+        return;
+    /* Outputs refer to it now: the ledger gives it to the cache's budget, or takes it back. */
+    if (on && mb->counted)
+        hold(mb, -1);
+    mb->cached = on;
+    if (!on && mb->counted)
+        hold(mb, 1);
 }
 
 static void reference_done(const void *data, size_t len, void *arg)

@@ -23,6 +23,7 @@
 struct msgbuf {
     unsigned refs;
     unsigned counted; /* of refs: references from outputs whose bytes the ledger has once */
+    bool cached;      /* held by the reply cache, whose own budget counts it instead */
     size_t cap;       /* bytes that data holds */
     char data[];
 };
@@ -55,6 +56,12 @@ bool msgbuf_shared(const struct msgbuf *mb);
 /* The first len bytes of mb are being delivered: msgbuf_add may reference them. */
 void msgbuf_lend(struct msgbuf *mb, size_t len);
 void msgbuf_lend_end(void);
+/* The msgbuf being delivered (and its length), or NULL. */
+struct msgbuf *msgbuf_lent(size_t *len);
+
+/* The cache takes (on) or lets go of (off) mb: while it holds it, the ledger does not count
+ * it for the outputs that refer to it, since the cache's budget does. */
+void msgbuf_set_cached(struct msgbuf *mb, bool on);
 
 /* Appends n bytes at p to out: by reference when they lie in the lent msgbuf and
  * are MSGBUF_REF_MIN or more, else as a copy. Returns as evbuffer_add. */

@@ -14,6 +14,7 @@
 #include "log.h"
 #include "methods.h"
 #include "metrics.h"
+#include "msgbuf.h"
 #include "readkey.h"
 #include "server.h"
 #include "subs.h"
@@ -558,6 +559,34 @@ static bool queue_make_room(struct router *rt, struct session *s)
     return true;
 }
 
+/* Whether r's reply may come from the cache or go into it. */
+static bool cacheable(const struct router *rt, const struct request *r)
+{
+    return r->key && !r->latest && (r->traits & READ_CACHE) && rt->srv->cfg->cache;
+}
+
+/* r answered from the cache, with the client's id, out of the kept message by reference. */
+static bool cache_hit(struct router *rt, struct request *r, struct session *s, struct batch *b,
+                      const char *id, size_t id_len)
+{
+    struct cache_hit hit;
+
+    if (!cache_get(&rt->srv->cache, r->key, r->key_len, &hit))
+        return false;
+    struct iovec parts[3] = {
+        {(void *)hit.head, hit.head_len},
+        {(void *)id, id_len},
+        {(void *)hit.tail, hit.tail_len},
+    };
+    rt->srv->stats.responses++;
+    metrics_observe(rt->srv->metrics, clock_mono_ns() - r->start_ns);
+    msgbuf_lend(hit.mb, hit.len);
+    session_deliver(s, b, parts, 3);
+    msgbuf_lend_end();
+    request_free(r);
+    return true;
+}
+
 void router_submit(struct router *rt, struct session *s, struct batch *b, const char *buf,
                    const struct jsonrpc_msg *msg, unsigned flags, unsigned method_slot)
 {
@@ -600,17 +629,19 @@ void router_submit(struct router *rt, struct session *s, struct batch *b, const 
         return;
     }
 
-    if (rt->srv->cfg->coalesce && flags == 0) {
+    if ((rt->srv->cfg->coalesce || rt->srv->cfg->cache) && flags == 0) {
         enum read_at at;
         size_t cap = (msg->params.type == JSON_NONE ? 0 : msg->params.len) + READ_KEY_EXTRA;
         /* Out of memory here only means this read is not shared. */
-        if ((r->key = malloc(cap)) &&
-            !(r->key_len = read_key(buf, &msg->method, &msg->params, r->key, cap, &at))) {
+        if ((r->key = malloc(cap)) && !(r->key_len = read_key(buf, &msg->method, &msg->params,
+                                                              r->key, cap, &at, &r->traits))) {
             free(r->key);
             r->key = NULL;
         }
         r->latest = r->key && at == READ_LATEST;
     }
+    if (cacheable(rt, r) && cache_hit(rt, r, s, b, buf + id->off, id->len))
+        return;
     r->session = s;
     r->batch = b;
     session_request_added(s, r);
@@ -806,6 +837,10 @@ void router_on_message(struct router *rt, struct pool_member *m, const char *msg
         struct request_list followers;
         struct request *f;
 
+        /* Kept when it is a definite answer at a block: never an error, null only for storage. */
+        if (cacheable(rt, r) && jm.error.type == JSON_NONE &&
+            (jm.result.type != JSON_NULL || (r->traits & READ_NULL_OK)))
+            cache_put(&rt->srv->cache, r->key, r->key_len, msg, len, &jm);
         /* The same reply, each with its own id: by reference into the node's message. */
         flight_take(r, &followers);
         reply_deliver(rt, r, msg, &jm);

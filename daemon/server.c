@@ -390,6 +390,7 @@ static void server_reload(struct server *srv)
     srv->ledger.budget = account_budget(next->max_client_memory);
     if (srv->ledger.total > srv->ledger.budget)
         event_active(srv->ledger.shed, 0, 0);
+    cache_resize(&srv->cache, next->cache ? next->cache_max_bytes : 0);
     router_reconfigure(srv->router);
     config_free(old);
     log_info("reload: configuration applied%s",
@@ -460,6 +461,7 @@ int main(int argc, char **argv)
     bool check = false;
     char err[512];
     int rc = 1, unix_fd = -1, tcp_fd = -1;
+    bool cache_ok = false;
     uint64_t watchdog_usec;
 
     failalloc_init();
@@ -496,13 +498,14 @@ int main(int argc, char **argv)
     srv.reaper = event_new(srv.base, -1, 0, reaper_cb, &srv);
     srv.ledger.shed = event_new(srv.base, -1, 0, shed_cb, &srv);
     srv.ledger.budget = account_budget(srv.cfg->max_client_memory);
+    cache_ok = cache_init(&srv.cache, srv.cfg->cache ? srv.cfg->cache_max_bytes : 0) == 0;
     srv.shutdown_timer = evtimer_new(srv.base, shutdown_timer_cb, &srv);
     srv.notify_timer = event_new(srv.base, -1, EV_PERSIST, notify_timer_cb, &srv);
     srv.watchdog = event_new(srv.base, -1, EV_PERSIST, watchdog_cb, &srv);
     srv.router = router_new(&srv);
     srv.metrics = metrics_new();
     if (!srv.dns || !srv.reaper || !srv.ledger.shed || !srv.shutdown_timer || !srv.notify_timer ||
-        !srv.watchdog || !srv.router || !srv.metrics ||
+        !srv.watchdog || !srv.router || !srv.metrics || !cache_ok ||
         msgbuf_init(srv.base, MSGBUF_KEEP_MS, ledger_hold, &srv) != 0) {
         log_error("out of memory at start-up");
         goto out;
@@ -602,6 +605,7 @@ out:
     if (srv.watchdog)
         event_del(srv.watchdog);
     srv.router = router_free(srv.router);
+    cache_free(&srv.cache);
     srv.listener = listener_free(srv.listener);
     srv.tcp_listener = listener_free(srv.tcp_listener);
     srv.pool = pool_free(srv.pool);

@@ -20,6 +20,7 @@
 #include <time.h>
 
 #include "account.h"
+#include "cache.h"
 #include "config.h"
 #include "htab.h"
 #include "jsonrpc.h"
@@ -101,6 +102,7 @@ struct request {
     char *key;          /* a pure read's identity (readkey.h), or NULL: never shared */
     size_t key_len;
     bool latest;                   /* its answer moves with the head */
+    unsigned traits;               /* enum read_trait */
     bool leading;                  /* in router->flights: identical reads may share its reply */
     uint64_t epoch;                /* leading: the head epoch it was first sent in */
     struct request *leader;        /* a follower: the request whose reply it gets */
@@ -244,6 +246,7 @@ struct stats {
 
 struct server {
     uint64_t head_epoch; /* moves on every sign of a new block: reads of "latest" key on it */
+    struct cache cache;  /* replies to pinned reads (cache.c) */
     struct event_base *base;
     struct evdns_base *dns;
     struct config *cfg;

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "log.h"
 #include "metrics.h"
 #include "server.h"
 #include "subs.h"
@@ -110,8 +111,14 @@ static void status_build(struct server *srv, struct evbuffer *out)
     subs_status(srv, out);
     evbuffer_add_printf(
         out,
+        ",\"cache\":{\"enabled\":%s,\"bytes\":%llu,\"max_bytes\":%llu,\"entries\":%llu,"
+        "\"hits\":%llu,\"misses\":%llu,\"stores\":%llu,\"evictions\":%llu}"
         ",\"client_memory\":{\"held\":%llu,\"peak\":%llu,\"budget\":%llu,"
         "\"cuts\":%llu,\"trims\":%llu},\"work\":{\"dispatch_visits\":%llu,\"hash_probes\":%llu}}",
+        srv->cfg->cache ? "true" : "false", (unsigned long long)srv->cache.bytes,
+        (unsigned long long)srv->cache.max, (unsigned long long)srv->cache.entries,
+        (unsigned long long)srv->cache.hits, (unsigned long long)srv->cache.misses,
+        (unsigned long long)srv->cache.stores, (unsigned long long)srv->cache.evictions,
         (unsigned long long)srv->ledger.total, (unsigned long long)srv->ledger.peak,
         (unsigned long long)srv->ledger.budget, (unsigned long long)srv->ledger.cuts,
         (unsigned long long)srv->ledger.trims, (unsigned long long)srv->router->dispatch_visits,
@@ -136,6 +143,12 @@ void status_handle(struct server *srv, struct session *s, struct batch *b, const
         status_build(srv, out);
     } else if (name_len == strlen("subpool_ping") && memcmp(name, "subpool_ping", name_len) == 0) {
         evbuffer_add(out, "\"pong\"", 6);
+    } else if (name_len == strlen("subpool_cacheClear") &&
+               memcmp(name, "subpool_cacheClear", name_len) == 0) {
+        uint64_t n = srv->cache.entries;
+        cache_clear(&srv->cache);
+        log_info("reply cache emptied on request: %llu entries", (unsigned long long)n);
+        evbuffer_add_printf(out, "%llu", (unsigned long long)n);
     } else {
         evbuffer_free(out);
         srv->stats.errors++;

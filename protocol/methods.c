@@ -221,6 +221,7 @@ static const char *const known_names[] = {
     "subnetInfo_getSubnetInfo_v2",
     "subnetInfo_getSubnetState",
     "subnetInfo_getSubnetsInfo",
+    "subpool_cacheClear",
     "subpool_ping",
     "subpool_status",
     "subscribe_newHead",

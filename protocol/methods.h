@@ -37,7 +37,7 @@ const struct method_info *method_lookup(const char *name, size_t len);
  * Method names known by name, for labels that must not grow with client
  * input: the index of name among them, or -1.
  */
-#define METHOD_KNOWN_COUNT 164
+#define METHOD_KNOWN_COUNT 165
 int method_known(const char *name, size_t len);
 /* The name with that index, or NULL past the end. */
 const char *method_known_name(unsigned i);

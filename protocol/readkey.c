@@ -16,49 +16,61 @@ struct read_method {
     const char *name;
     const char *canon; /* the name aliases fold to */
     int at;
+    unsigned traits; /* READ_CACHE, READ_NULL_OK */
 };
 
-/* Sorted by bytes (strcmp order): the unit tests look up every entry. */
+#define C  READ_CACHE
+#define CN (READ_CACHE | READ_NULL_OK)
+
+/*
+ * Sorted by bytes (strcmp order): the unit tests look up every entry. Kept
+ * in the cache when pinned (C): not blocks, whose justifications appear once
+ * finalized, nor what a node upgrade changes (its name, version, methods).
+ * A null answer is definite (N) only for storage: at a block the node does
+ * not know, state_* methods answer an error, chain_getHeader null.
+ */
 static const struct read_method reads[] = {
-    {"chainSpec_v1_chainName", "chainSpec_v1_chainName", AT_CONST},
-    {"chainSpec_v1_genesisHash", "chainSpec_v1_genesisHash", AT_CONST},
-    {"chainSpec_v1_properties", "chainSpec_v1_properties", AT_CONST},
-    {"chain_getBlock", "chain_getBlock", 0},
-    {"chain_getBlockHash", "chain_getBlockHash", AT_HEAD},
-    {"chain_getFinalisedHead", "chain_getFinalizedHead", AT_HEAD},
-    {"chain_getFinalizedHead", "chain_getFinalizedHead", AT_HEAD},
-    {"chain_getHead", "chain_getHead", AT_HEAD},
-    {"chain_getHeader", "chain_getHeader", 0},
-    {"chain_getRuntimeVersion", "state_getRuntimeVersion", 0},
-    {"childstate_getKeys", "childstate_getKeys", 2},
-    {"childstate_getKeysPaged", "childstate_getKeysPaged", 4},
-    {"childstate_getKeysPagedAt", "childstate_getKeysPaged", 4},
-    {"childstate_getStorage", "childstate_getStorage", 2},
-    {"childstate_getStorageEntries", "childstate_getStorageEntries", 2},
-    {"childstate_getStorageHash", "childstate_getStorageHash", 2},
-    {"childstate_getStorageSize", "childstate_getStorageSize", 2},
-    {"rpc_methods", "rpc_methods", AT_CONST},
-    {"state_call", "state_call", 2},
-    {"state_callAt", "state_call", 2},
-    {"state_getKeysPaged", "state_getKeysPaged", 3},
-    {"state_getKeysPagedAt", "state_getKeysPaged", 3},
-    {"state_getMetadata", "state_getMetadata", 0},
-    {"state_getReadProof", "state_getReadProof", 1},
-    {"state_getRuntimeVersion", "state_getRuntimeVersion", 0},
-    {"state_getStorage", "state_getStorage", 1},
-    {"state_getStorageAt", "state_getStorage", 1},
-    {"state_getStorageHash", "state_getStorageHash", 1},
-    {"state_getStorageHashAt", "state_getStorageHash", 1},
-    {"state_getStorageSize", "state_getStorageSize", 1},
-    {"state_getStorageSizeAt", "state_getStorageSize", 1},
-    {"state_queryStorageAt", "state_queryStorageAt", 1},
-    {"system_chain", "system_chain", AT_CONST},
-    {"system_chainType", "system_chainType", AT_CONST},
-    {"system_health", "system_health", AT_HEAD},
-    {"system_name", "system_name", AT_CONST},
-    {"system_properties", "system_properties", AT_CONST},
-    {"system_version", "system_version", AT_CONST},
+    {"chainSpec_v1_chainName", "chainSpec_v1_chainName", AT_CONST, C},
+    {"chainSpec_v1_genesisHash", "chainSpec_v1_genesisHash", AT_CONST, C},
+    {"chainSpec_v1_properties", "chainSpec_v1_properties", AT_CONST, C},
+    {"chain_getBlock", "chain_getBlock", 0, 0},
+    {"chain_getBlockHash", "chain_getBlockHash", AT_HEAD, 0},
+    {"chain_getFinalisedHead", "chain_getFinalizedHead", AT_HEAD, 0},
+    {"chain_getFinalizedHead", "chain_getFinalizedHead", AT_HEAD, 0},
+    {"chain_getHead", "chain_getHead", AT_HEAD, 0},
+    {"chain_getHeader", "chain_getHeader", 0, C},
+    {"chain_getRuntimeVersion", "state_getRuntimeVersion", 0, C},
+    {"childstate_getKeys", "childstate_getKeys", 2, C},
+    {"childstate_getKeysPaged", "childstate_getKeysPaged", 4, C},
+    {"childstate_getKeysPagedAt", "childstate_getKeysPaged", 4, C},
+    {"childstate_getStorage", "childstate_getStorage", 2, CN},
+    {"childstate_getStorageEntries", "childstate_getStorageEntries", 2, C},
+    {"childstate_getStorageHash", "childstate_getStorageHash", 2, CN},
+    {"childstate_getStorageSize", "childstate_getStorageSize", 2, CN},
+    {"rpc_methods", "rpc_methods", AT_CONST, 0},
+    {"state_call", "state_call", 2, C},
+    {"state_callAt", "state_call", 2, C},
+    {"state_getKeysPaged", "state_getKeysPaged", 3, C},
+    {"state_getKeysPagedAt", "state_getKeysPaged", 3, C},
+    {"state_getMetadata", "state_getMetadata", 0, C},
+    {"state_getReadProof", "state_getReadProof", 1, C},
+    {"state_getRuntimeVersion", "state_getRuntimeVersion", 0, C},
+    {"state_getStorage", "state_getStorage", 1, CN},
+    {"state_getStorageAt", "state_getStorage", 1, CN},
+    {"state_getStorageHash", "state_getStorageHash", 1, CN},
+    {"state_getStorageHashAt", "state_getStorageHash", 1, CN},
+    {"state_getStorageSize", "state_getStorageSize", 1, CN},
+    {"state_getStorageSizeAt", "state_getStorageSize", 1, CN},
+    {"state_queryStorageAt", "state_queryStorageAt", 1, C},
+    {"system_chain", "system_chain", AT_CONST, C},
+    {"system_chainType", "system_chainType", AT_CONST, C},
+    {"system_health", "system_health", AT_HEAD, 0},
+    {"system_name", "system_name", AT_CONST, 0},
+    {"system_properties", "system_properties", AT_CONST, C},
+    {"system_version", "system_version", AT_CONST, 0},
 };
+#undef C
+#undef CN
 
 static const struct read_method *read_lookup(const char *name, size_t len)
 {
@@ -136,13 +148,14 @@ static size_t canon_value(const char *buf, size_t off, size_t len, char *out)
 }
 
 size_t read_key(const char *buf, const struct json_span *method, const struct json_span *params,
-                char *out, size_t cap, enum read_at *at)
+                char *out, size_t cap, enum read_at *at, unsigned *traits)
 {
     const struct read_method *rm;
     struct json_span el;
     size_t pos = 0, w, kept, n = 0, n_kept = 0, name_len;
 
     *at = READ_NONE;
+    *traits = 0;
     if (method->type != JSON_STRING || method->len < 2)
         return 0;
     rm = read_lookup(buf + method->off + 1, method->len - 2);
@@ -173,6 +186,7 @@ size_t read_key(const char *buf, const struct json_span *method, const struct js
     /* Trailing nulls go: [k, null] is [k]. */
     w = kept;
     out[w++] = ']';
+    *traits = rm->traits;
     if (rm->at == AT_CONST)
         *at = READ_PINNED;
     else if (rm->at == AT_HEAD || n_kept <= (size_t)rm->at)

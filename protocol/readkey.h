@@ -15,6 +15,12 @@ enum read_at {
     READ_LATEST,   /* at the best block ("latest"): the answer moves with the head */
 };
 
+/* Traits of a read. */
+enum read_trait {
+    READ_CACHE = 1u << 0,   /* pinned, its answer may be kept for ever */
+    READ_NULL_OK = 1u << 1, /* a null answer at a pinned block is definite, and may be kept */
+};
+
 /* Bytes a key may need beyond the params' own length. */
 #define READ_KEY_EXTRA 64
 
@@ -24,12 +30,13 @@ enum read_at {
  * the canonical method name, a newline, then the params as an array with
  * whitespace outside strings dropped, hex strings ("0x...") lowercased and
  * trailing nulls dropped (an omitted optional param and null are the same
- * to a node). Returns its length and sets *at, or returns 0 (with *at
- * READ_NONE) when the method is not a known pure read, its params are not
- * an array, or cap (params.len + READ_KEY_EXTRA suffices) is too small.
+ * to a node). Returns its length and sets *at and *traits (enum
+ * read_trait), or returns 0 (with *at READ_NONE) when the method is not a
+ * known pure read, its params are not an array, or cap (params.len +
+ * READ_KEY_EXTRA suffices) is too small.
  */
 size_t read_key(const char *buf, const struct json_span *method, const struct json_span *params,
-                char *out, size_t cap, enum read_at *at);
+                char *out, size_t cap, enum read_at *at, unsigned *traits);
 
 /* The i-th method that has keys, in table order; NULL past the end (for the unit tests). */
 const char *read_method_name(size_t i);

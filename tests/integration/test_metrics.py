@@ -249,7 +249,15 @@ def test_metrics_parse_and_describe_the_daemon(devnode, daemon, transport):
                          ("subpool_subscriptions", "gauge"),
                          ("subpool_queue_depth", "gauge"),
                          ("subpool_client_received_bytes_total", "counter"),
-                         ("subpool_client_sent_bytes_total", "counter")]:
+                         ("subpool_client_sent_bytes_total", "counter"),
+                         ("subpool_coalesced_total", "counter"),
+                         ("subpool_queue_evicted_total", "counter"),
+                         ("subpool_cache_hits_total", "counter"),
+                         ("subpool_cache_misses_total", "counter"),
+                         ("subpool_cache_stores_total", "counter"),
+                         ("subpool_cache_evictions_total", "counter"),
+                         ("subpool_cache_bytes", "gauge"),
+                         ("subpool_cache_entries", "gauge")]:
         assert m.families.get(family) and m.families[family].type == kind, family
         assert m.families[family].help, f"{family} has no HELP"
     up = m.labelled("subpool_upstream_up", "upstream")

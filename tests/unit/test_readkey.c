@@ -15,12 +15,14 @@
 #include "readkey.h"
 
 /* The key of one request given as JSON text, NUL-terminated in out; its length (0: none). */
+static unsigned last_traits;
+
 static size_t key_of(const char *text, char *out, size_t cap, enum read_at *at)
 {
     struct jsonrpc_msg m;
 
     assert_int_equal(jsonrpc_scan(text, strlen(text), &m), 0);
-    size_t n = read_key(text, &m.method, &m.params, out, cap - 1, at);
+    size_t n = read_key(text, &m.method, &m.params, out, cap - 1, at, &last_traits);
     out[n] = '\0';
     return n;
 }
@@ -40,8 +42,10 @@ static void expect_none(const char *text)
     char out[512];
     enum read_at at = READ_PINNED;
 
+    last_traits = READ_CACHE;
     assert_int_equal(key_of(text, out, sizeof(out), &at), 0);
     assert_int_equal(at, READ_NONE);
+    assert_int_equal(last_traits, 0);
 }
 
 static void test_aliases_fold_and_params_are_canonical(void **state)
@@ -142,6 +146,29 @@ static void test_every_method_in_the_table_is_found(void **state)
     assert_non_null(prev);
 }
 
+static void expect_traits(const char *method, unsigned traits)
+{
+    char text[256], out[512];
+    enum read_at at;
+    snprintf(text, sizeof(text), "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"%s\"}", method);
+    assert_true(key_of(text, out, sizeof(out), &at) > 0);
+    assert_int_equal(last_traits, traits);
+}
+
+/* What may be kept: not blocks (justifications come later), nor what a node upgrade changes. */
+static void test_what_may_be_kept(void **state)
+{
+    (void)state;
+    expect_traits("state_getMetadata", READ_CACHE);
+    expect_traits("state_getStorageAt", READ_CACHE | READ_NULL_OK);
+    expect_traits("chain_getHeader", READ_CACHE);
+    expect_traits("system_chain", READ_CACHE);
+    expect_traits("chain_getBlock", 0);
+    expect_traits("system_version", 0);
+    expect_traits("rpc_methods", 0);
+    expect_traits("chain_getHead", 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -150,6 +177,7 @@ int main(void)
         cmocka_unit_test(test_only_pure_reads_have_keys),
         cmocka_unit_test(test_a_small_buffer_gives_no_key),
         cmocka_unit_test(test_every_method_in_the_table_is_found),
+        cmocka_unit_test(test_what_may_be_kept),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

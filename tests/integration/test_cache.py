@@ -1,0 +1,177 @@
+"""The reply cache: replies to reads pinned to a block hash, and chain constants, are kept
+and served to any client with its own id; nothing else is. Counted at the node (devnode_stats
+"requests", which counts the stats call itself too) and in subpool_status "cache"."""
+
+import json
+import socket
+
+import harness
+from localwire import Conn, rpc
+
+QUIET = {"health_interval": "1h", "ping_interval": "0"}  # nothing upstream but the test's own
+
+
+def ask(d, method, params, rid=1) -> dict:
+    with Conn(d) as c:
+        c.send(rpc(method, params, rid) + b"\n")
+        return json.loads(c.read_until(b"\n", timeout=20))
+
+
+def ask_raw(d, method, params, rid) -> bytes:
+    with Conn(d) as c:
+        c.send(rpc(method, params, rid) + b"\n")
+        return c.read_until(b"\n", timeout=20)
+
+
+def node_requests(node) -> int:
+    return node.stats()["requests"]
+
+
+def block_hash(node, n) -> str:
+    return node.call("chain_getBlockHash", [n])
+
+
+def test_a_read_at_a_block_hash_goes_upstream_once(devnode, daemon):
+    node = devnode(block_ms=0)
+    d = daemon(node, pool_size=1, **QUIET)
+    h = block_hash(node, 0)
+    before = node_requests(node)
+    first = ask_raw(d, "state_getMetadata", [h], 7)
+    again = ask_raw(d, "state_getMetadata", [h.upper().replace("0X", "0x")], "x")
+    assert node_requests(node) - before == 1 + 1, "one state_getMetadata (and the stats call)"
+    # Byte for byte the same, but for the id.
+    assert first.replace(b'"id":7', b'"id":"x"') == again
+    cache = d.status()["cache"]
+    assert cache["hits"] == 1 and cache["stores"] == 1 and cache["entries"] == 1, cache
+    assert 0 < cache["bytes"] <= cache["max_bytes"]
+
+
+def test_chain_constants_are_kept(devnode, daemon):
+    node = devnode(block_ms=0)
+    d = daemon(node, pool_size=1, **QUIET)
+    before = node_requests(node)
+    for i in range(3):
+        assert ask(d, "system_chain", None, i)["result"] == "Bittensor"
+        assert "tokenSymbol" in json.dumps(ask(d, "system_properties", [], i)["result"])
+    assert node_requests(node) - before == 2 + 1
+
+
+def test_what_is_never_kept(devnode, daemon):
+    """Errors, latest reads, blocks (justifications come later), writes, a null header for an
+    unknown hash, and what a node upgrade changes: each asked twice reaches the node twice."""
+    node = devnode(block_ms=0)
+    d = daemon(node, pool_size=1, **QUIET)
+    unknown = "0x" + "ee" * 32
+    h = block_hash(node, 0)
+    cases = [
+        ("state_getStorage", ["0x0102", unknown]),  # an error: unknown block
+        ("chain_getHeader", [unknown]),             # null: not a definite answer
+        ("state_getStorage", ["0x0102"]),           # latest
+        ("state_getMetadata", None),                # latest
+        ("chain_getBlock", [h]),                    # a block: justifications may come
+        ("system_version", None),                   # changes with the node
+        ("author_submitExtrinsic", ["0x0102"]),     # a write
+        ("system_accountNextIndex", ["5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY"]),
+    ]
+    for method, params in cases:
+        before = node_requests(node)
+        ask(d, method, params)
+        ask(d, method, params)
+        assert node_requests(node) - before == 2 + 1, method
+    assert d.status()["cache"]["entries"] == 0
+
+
+def test_null_storage_at_a_known_block_is_kept(devnode, daemon):
+    node = devnode(block_ms=0)
+    d = daemon(node, pool_size=1, **QUIET)
+    h = block_hash(node, 0)
+    before = node_requests(node)
+    empty = "0x010200"  # ends in 00: the devnode has no value there
+    assert ask(d, "state_getStorageAt", [empty, h])["result"] is None
+    assert ask(d, "state_getStorage", [empty, h])["result"] is None
+    assert node_requests(node) - before == 1 + 1
+
+
+def test_the_byte_bound_holds_and_the_least_recently_used_go_first(devnode, daemon):
+    node = devnode("--metadata-size", "300000", block_ms=0)
+    d = daemon(node, pool_size=1, cache_max_bytes="1M", **QUIET)
+    hashes = [node.call("devnode_newBlock") for _ in range(6)]
+    for h in hashes[:3]:
+        ask(d, "state_getMetadata", [h])
+    ask(d, "state_getMetadata", [hashes[0]])  # the first is now the most recently used
+    for h in hashes[3:]:
+        ask(d, "state_getMetadata", [h])
+        cache = d.status()["cache"]
+        assert cache["bytes"] <= 1 << 20, cache
+    cache = d.status()["cache"]
+    assert cache["evictions"] >= 3 and cache["entries"] == 3, cache
+    before = node_requests(node)
+    ask(d, "state_getMetadata", [hashes[5]])  # kept: the newest
+    assert node_requests(node) - before == 1
+    before = node_requests(node)
+    ask(d, "state_getMetadata", [hashes[1]])  # gone: used least recently
+    assert node_requests(node) - before == 1 + 1
+
+
+def test_cache_off_and_clear(devnode, daemon):
+    node = devnode(block_ms=0)
+    d = daemon(node, pool_size=1, **QUIET)
+    h = block_hash(node, 0)
+    ask(d, "state_getRuntimeVersion", [h])
+    assert d.status()["cache"]["entries"] == 1
+    assert ask(d, "subpool_cacheClear", None)["result"] == 1
+    assert d.status()["cache"]["entries"] == 0 and d.status()["cache"]["bytes"] == 0
+    off = daemon(node, pool_size=1, cache="false", **QUIET)
+    before = node_requests(node)
+    ask(off, "state_getRuntimeVersion", [h])
+    ask(off, "state_getRuntimeVersion", [h])
+    assert node_requests(node) - before == 2 + 1
+    assert off.status()["cache"] == {**off.status()["cache"], "entries": 0, "enabled": False}
+
+
+def test_reload_turns_the_cache_off_and_empties_it(devnode, tmp_path, short_dir):
+    from test_systemd import file_daemon, reload_with
+    node = devnode(block_ms=0)
+    conf = tmp_path / "subpoold.conf"
+    conf.write_text(f"upstream = {node.url}\npool_size = 1\n")
+    d = file_daemon(tmp_path, short_dir, "--config", conf, pool_size=1)
+    try:
+        h = block_hash(node, 0)
+        ask(d, "state_getRuntimeVersion", [h])
+        assert d.status()["cache"]["entries"] == 1
+        reload_with(d, conf, f"upstream = {node.url}\npool_size = 1\ncache = false\n")
+        cache = d.status()["cache"]
+        assert cache["entries"] == 0 and cache["bytes"] == 0 and not cache["enabled"], cache
+        before = node_requests(node)
+        ask(d, "state_getRuntimeVersion", [h])
+        ask(d, "state_getRuntimeVersion", [h])
+        assert node_requests(node) - before == 2 + 1
+        reload_with(d, conf, f"upstream = {node.url}\npool_size = 1\ncache_max_bytes = 2M\n")
+        ask(d, "state_getRuntimeVersion", [h])
+        cache = d.status()["cache"]
+        assert cache["enabled"] and cache["max_bytes"] == 2 << 20 and cache["entries"] == 1, cache
+    finally:
+        problem = d.close()
+    assert problem is None, problem
+
+
+def test_a_cached_reply_written_to_many_clients_counts_once(devnode, daemon):
+    """The clients' outputs point into the cache's copy: the cache's budget counts it, and
+    the clients' ledger does not count it again, however many clients leave it unread."""
+    node = devnode(block_ms=0)  # metadata of 600 kB
+    d = daemon(node, pool_size=1, **QUIET)
+    h = block_hash(node, 0)
+    size = len(ask_raw(d, "state_getMetadata", [h], 1))
+    base = d.status()["client_memory"]["held"]
+    responses = d.status()["responses"]
+    conns = []
+    for i in range(6):
+        c = Conn(d)
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        c.send(rpc("state_getMetadata", [h], i) + b"\n")
+        conns.append(c)
+    d.wait_status(lambda s: s["responses"] >= responses + 6, "six answered from the cache")
+    grown = d.status()["client_memory"]["held"] - base
+    assert grown < size // 2, (grown, size)
+    for c in conns:
+        c.close()
