@@ -188,42 +188,70 @@ static void best_seen(struct pool *p, struct pool_member *l, uint64_t n)
 /* Headers are a few hundred bytes; anything longer is not our answer. */
 #define HEALTH_REPLY_MAX 16384
 
-static void health_poll(struct pool *p, struct pool_member *l)
+/*
+ * Asks l's node one of the pool's own questions (method and params), under
+ * an id of prefix and a new sequence number, stored in *seq; false when it
+ * is not the time (one pending already, the link not ready, closing) or the
+ * send failed.
+ */
+static bool own_ask(struct pool *p, struct pool_member *l, uint64_t *seq, const char *prefix,
+                    const char *method, const char *params)
 {
-    char buf[128];
+    char buf[160];
     int n;
 
-    if (l->health_seq || !link_ready(l) || p->closing || p->srv->stopping)
-        return;
-    l->health_seq = ++p->health_next;
+    if (*seq || !link_ready(l) || p->closing || p->srv->stopping)
+        return false;
+    *seq = ++p->health_next;
     n = snprintf(buf, sizeof(buf),
-                 "{\"jsonrpc\":\"2.0\",\"id\":" HEALTH_ID_PREFIX
-                 "%llu\",\"method\":\"chain_getHeader\",\"params\":[]}",
-                 (unsigned long long)l->health_seq);
+                 "{\"jsonrpc\":\"2.0\",\"id\":%s%llu\",\"method\":\"%s\",\"params\":%s}", prefix,
+                 (unsigned long long)*seq, method, params);
     if (upstream_send(l->u, buf, (size_t)n) != 0) {
-        l->health_seq = 0;
-        return;
+        *seq = 0;
+        return false;
     }
-    l->health_sent_ms = clock_mono_ms();
+    return true;
+}
+
+static void health_poll(struct pool *p, struct pool_member *l)
+{
+    if (own_ask(p, l, &l->health_seq, HEALTH_ID_PREFIX, "chain_getHeader", "[]"))
+        l->health_sent_ms = clock_mono_ms();
+}
+
+enum own_reply { NOT_OURS, OURS_STALE, OURS };
+
+/*
+ * Whether msg answers one of the pool's own questions, whose ids are prefix
+ * (a JSON string's opening, quote included) and a sequence number: OURS
+ * when it answers seq (scanned into *jm), OURS_STALE when it answers one
+ * given up on (dropped), NOT_OURS when it is the router's.
+ */
+static enum own_reply own_reply(const char *msg, size_t len, const char *prefix, uint64_t seq,
+                                struct jsonrpc_msg *jm)
+{
+    size_t plen = strlen(prefix), want_len;
+    char want[64];
+
+    if (len > HEALTH_REPLY_MAX || jsonrpc_scan(msg, len, jm) != 0 ||
+        jm->kind != JSONRPC_KIND_RESPONSE || jm->id.type != JSON_STRING || jm->id.len <= plen ||
+        memcmp(msg + jm->id.off, prefix, plen) != 0)
+        return NOT_OURS;
+    want_len = (size_t)snprintf(want, sizeof(want), "%s%llu\"", prefix, (unsigned long long)seq);
+    if (!seq || jm->id.len != want_len || memcmp(msg + jm->id.off, want, want_len) != 0)
+        return OURS_STALE;
+    return OURS;
 }
 
 /* True when msg answers one of the pool's polls (and was handled); false: it is the router's. */
 static bool health_reply(struct pool *p, struct pool_member *l, const char *msg, size_t len)
 {
     struct jsonrpc_msg jm;
-    char want[64];
     uint64_t n;
-    size_t want_len;
+    enum own_reply r = own_reply(msg, len, HEALTH_ID_PREFIX, l->health_seq, &jm);
 
-    if (len > HEALTH_REPLY_MAX || jsonrpc_scan(msg, len, &jm) != 0 ||
-        jm.kind != JSONRPC_KIND_RESPONSE || jm.id.type != JSON_STRING ||
-        jm.id.len < sizeof(HEALTH_ID_PREFIX) ||
-        memcmp(msg + jm.id.off, HEALTH_ID_PREFIX, sizeof(HEALTH_ID_PREFIX) - 1) != 0)
-        return false;
-    want_len = (size_t)snprintf(want, sizeof(want), HEALTH_ID_PREFIX "%llu\"",
-                                (unsigned long long)l->health_seq);
-    if (!l->health_seq || jm.id.len != want_len || memcmp(msg + jm.id.off, want, want_len) != 0)
-        return true; /* an answer to a poll given up on: ours, and dropped */
+    if (r != OURS)
+        return r == OURS_STALE; /* an answer to a poll given up on: ours, and dropped */
     l->health_seq = 0;
     if (jm.result.type == JSON_NONE || !header_number(msg, &jm.result, &n)) {
         log_warn("upstream %u (%s): chain_getHeader gave no block number", l->index,
@@ -232,6 +260,93 @@ static bool health_reply(struct pool *p, struct pool_member *l, const char *msg,
     }
     best_seen(p, l, n);
     return true;
+}
+
+/*
+ * The chain each endpoint serves: every link, once connected, asks for its
+ * genesis hash (chain_getBlockHash [0]), with an id of the pool's own like
+ * the health polls. The first endpoint in priority order that told one sets
+ * the pool's chain; an endpoint whose genesis differs serves another chain:
+ * marked wrong_chain, it carries no traffic and is never made active. With
+ * several endpoints a link serves only once its genesis is known
+ * (pool_pick); the cache keeps only replies from such links, and empties
+ * when the chain changes.
+ */
+#define GENESIS_ID_PREFIX "\"subpool-genesis-"
+
+static void genesis_poll(struct pool *p, struct pool_member *l)
+{
+    if (!l->genesis_checked)
+        own_ask(p, l, &l->genesis_seq, GENESIS_ID_PREFIX, "chain_getBlockHash", "[0]");
+}
+
+/* Marks each endpoint against the pool's chain: the first one's (in priority) that told it. */
+static void chain_update(struct pool *p)
+{
+    struct pool_endpoint *ref = NULL;
+    struct server *srv = p->srv;
+
+    for (unsigned i = 0; i < p->n_endpoints && !ref; i++)
+        if (p->endpoints[i].genesis[0])
+            ref = &p->endpoints[i];
+    if (!ref)
+        return;
+    for (unsigned i = 0; i < p->n_endpoints; i++) {
+        struct pool_endpoint *e = &p->endpoints[i];
+        bool wrong = e->genesis[0] && strcmp(e->genesis, ref->genesis) != 0;
+        if (wrong == e->wrong_chain)
+            continue;
+        e->wrong_chain = wrong;
+        if (wrong) {
+            snprintf(e->last_error, sizeof(e->last_error),
+                     "another chain: genesis %.18s..., the pool's is %.18s...", e->genesis,
+                     ref->genesis);
+            log_warn("pool: endpoint %u (%s) serves another chain (genesis %s; endpoint %u's is "
+                     "%s): it carries no traffic",
+                     e->index, ep_name(e), e->genesis, ref->index, ref->genesis);
+        } else {
+            log_info("pool: endpoint %u (%s) serves the pool's chain again", e->index, ep_name(e));
+        }
+    }
+    if (strcmp(srv->chain, ref->genesis) != 0) {
+        if (srv->chain[0]) {
+            log_warn("pool: the chain changed (genesis %s, was %s): reply cache emptied",
+                     ref->genesis, srv->chain);
+            cache_clear(&srv->cache);
+        }
+        memcpy(srv->chain, ref->genesis, sizeof(srv->chain));
+    }
+    pool_schedule(p);
+}
+
+/* True when msg answers the pool's genesis question on l (and was handled). */
+static bool genesis_reply(struct pool *p, struct pool_member *l, const char *msg, size_t len)
+{
+    struct jsonrpc_msg jm;
+    enum own_reply r = own_reply(msg, len, GENESIS_ID_PREFIX, l->genesis_seq, &jm);
+
+    if (r != OURS)
+        return r == OURS_STALE;
+    l->genesis_seq = 0;
+    if (jm.result.type != JSON_STRING || jm.result.len != GENESIS_LEN + 2) {
+        log_warn("upstream %u (%s): chain_getBlockHash [0] gave no block hash", l->index,
+                 ep_name(l->ep));
+        return true;
+    }
+    l->genesis_checked = true;
+    if (memcmp(l->ep->genesis, msg + jm.result.off + 1, GENESIS_LEN) != 0) {
+        memcpy(l->ep->genesis, msg + jm.result.off + 1, GENESIS_LEN);
+        l->ep->genesis[GENESIS_LEN] = '\0';
+        chain_update(p);
+    }
+    if (!l->watch)
+        router_dispatch(p->srv->router);
+    return true;
+}
+
+bool pool_member_on_chain(const struct pool_member *m)
+{
+    return m->genesis_checked && !m->ep->wrong_chain;
 }
 
 static void health_tick(struct pool *p, struct pool_member *l, uint64_t now)
@@ -245,6 +360,7 @@ static void health_tick(struct pool *p, struct pool_member *l, uint64_t now)
         l->health_seq = 0;
     }
     health_poll(p, l);
+    genesis_poll(p, l);
 }
 
 static void health_cb(evutil_socket_t fd, short what, void *arg)
@@ -358,6 +474,8 @@ static void member_ready(struct upstream *u, void *arg)
     m->best_known = false;
     m->stale = false;
     m->health_seq = 0;
+    m->genesis_seq = 0;
+    m->genesis_checked = false;
     if (!m->watch)
         router_dispatch(m->pool->srv->router);
     /* The deferred pass asks for its best block at once. */
@@ -369,6 +487,8 @@ static void member_message(struct upstream *u, const char *msg, size_t len, void
     struct pool_member *m = arg;
     (void)u;
     if (m->health_seq && health_reply(m->pool, m, msg, len))
+        return;
+    if (m->genesis_seq && genesis_reply(m->pool, m, msg, len))
         return;
     /* A watch link carries nothing but the pool's polls: anything else is noise. */
     if (m->watch) {
@@ -562,12 +682,14 @@ static struct pool_endpoint *choose_active(struct pool *p)
     if (cur->status != ENDPOINT_UP && now - p->active_at_ms >= p->srv->cfg->health_interval_ms)
         for (unsigned i = 0; i < p->n_endpoints; i++)
             if (&p->endpoints[i] != cur && p->endpoints[i].status == ENDPOINT_UP &&
-                !p->endpoints[i].stale)
+                !p->endpoints[i].stale && !p->endpoints[i].wrong_chain)
                 cur_ok = false;
 
+    if (cur->wrong_chain)
+        cur_ok = false;
     for (unsigned i = 0; i < p->n_endpoints; i++) {
         struct pool_endpoint *e = &p->endpoints[i];
-        if (e->stale)
+        if (e->stale || e->wrong_chain)
             continue;
         if (e == cur) {
             if (cur_ok)
@@ -659,6 +781,12 @@ static void rebalance(struct pool *p)
     for (unsigned i = 0; i < p->n_endpoints; i++)
         if (p->endpoints[i].watch && !p->endpoints[i].watch->best_known)
             health_poll(p, p->endpoints[i].watch);
+    /* And every new link tells its chain at once. */
+    for (unsigned i = 0; i < p->n; i++)
+        genesis_poll(p, &p->members[i]);
+    for (unsigned i = 0; i < p->n_endpoints; i++)
+        if (p->endpoints[i].watch)
+            genesis_poll(p, p->endpoints[i].watch);
 }
 
 /* ---- retiring after a reload ---- */
@@ -848,7 +976,8 @@ struct pool_member *pool_pick(struct pool *p)
     for (unsigned k = 0; k < p->n; k++) {
         struct pool_member *m = &p->members[(p->rotor + k) % p->n];
         if (upstream_state(m->u) != UPSTREAM_STATE_READY || m->in_flight >= cap || m->draining ||
-            upstream_pong_overdue(m->u) || (p->n_endpoints > 1 && !m->best_known))
+            upstream_pong_overdue(m->u) || m->ep->wrong_chain ||
+            (p->n_endpoints > 1 && !(m->best_known && m->genesis_checked)))
             continue;
         if (m->stale) {
             if (!stale || m->in_flight < stale->in_flight)
@@ -869,7 +998,8 @@ struct pool_member *pool_pick_sub(struct pool *p)
     for (unsigned i = 0; i < p->n; i++) {
         struct pool_member *m = &p->members[i];
         if (upstream_state(m->u) != UPSTREAM_STATE_READY || m->n_subs + m->n_subs_pending >= cap ||
-            m->draining || m->stale || (p->n_endpoints > 1 && !m->best_known))
+            m->draining || m->stale || m->ep->wrong_chain ||
+            (p->n_endpoints > 1 && !(m->best_known && m->genesis_checked)))
             continue;
         if (!best || m->n_subs + m->n_subs_pending < best->n_subs + best->n_subs_pending)
             best = m;

@@ -838,7 +838,7 @@ void router_on_message(struct router *rt, struct pool_member *m, const char *msg
         struct request *f;
 
         /* Kept when it is a definite answer at a block: never an error, null only for storage. */
-        if (cacheable(rt, r) && jm.error.type == JSON_NONE &&
+        if (cacheable(rt, r) && pool_member_on_chain(m) && jm.error.type == JSON_NONE &&
             (jm.result.type != JSON_NULL || (r->traits & READ_NULL_OK)))
             cache_put(&rt->srv->cache, r->key, r->key_len, msg, len, &jm);
         /* The same reply, each with its own id: by reference into the node's message. */

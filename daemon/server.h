@@ -144,8 +144,13 @@ struct pool_member {
     uint64_t best_at_ms;      /* monotonic time it last went up */
     uint64_t health_seq;      /* id of the pool's own chain_getHeader in flight; 0: none */
     uint64_t health_sent_ms;
+    uint64_t genesis_seq; /* id of the pool's chain_getBlockHash [0] in flight; 0: none */
+    bool genesis_checked; /* the current link told its genesis hash */
     TAILQ_ENTRY(pool_member) w_link; /* watch links only: pool->watchers */
 };
+
+/* A block hash as a node writes it: "0x" and 64 hex digits. */
+#define GENESIS_LEN 66
 
 /*
  * One configured endpoint, in priority order (index 0 is the primary). The
@@ -171,7 +176,9 @@ struct pool_endpoint {
     uint64_t up_at_ms;    /* monotonic time it last became ENDPOINT_UP */
     uint64_t retry_at_ms; /* its last Retry-After ends then: no new watch link before */
     char last_error[192];
-    struct pool_member *watch; /* NULL while it is the active endpoint */
+    struct pool_member *watch;     /* NULL while it is the active endpoint */
+    char genesis[GENESIS_LEN + 1]; /* "0x" and 64 hex digits, once a link told it */
+    bool wrong_chain;              /* its genesis differs from the first endpoint's that told one */
 };
 
 struct pool {
@@ -247,6 +254,7 @@ struct stats {
 struct server {
     uint64_t head_epoch; /* moves on every sign of a new block: reads of "latest" key on it */
     struct cache cache;  /* replies to pinned reads (cache.c) */
+    char chain[GENESIS_LEN + 1]; /* the genesis of the chain the cache's replies are from */
     struct event_base *base;
     struct evdns_base *dns;
     struct config *cfg;
@@ -368,6 +376,8 @@ void pool_close(struct pool *p);
 /* After pool_close(): every link has finished closing. */
 bool pool_closed(const struct pool *p);
 unsigned pool_ready(const struct pool *p);
+/* Whether m's link told its genesis, and it is the pool's chain: its replies may be kept. */
+bool pool_member_on_chain(const struct pool_member *m);
 /* Some member would take a request now. */
 bool pool_can_serve(struct pool *p);
 /* Reload: the pool was replaced; it takes nothing new, moves shared subscriptions, drains. */

@@ -50,8 +50,9 @@ static void add_upstream(struct evbuffer *out, const struct pool_member *m, bool
                         upstream_state_since(m->u), (unsigned long long)upstream_reconnects(m->u),
                         m->in_flight, (unsigned long long)m->requests);
     add_best(out, m->best_known, m->best);
-    evbuffer_add_printf(out, ",\"stale\":%s,\"draining\":%s,\"last_error\":",
-                        m->stale ? "true" : "false", m->draining ? "true" : "false");
+    evbuffer_add_printf(out, ",\"stale\":%s,\"draining\":%s,\"chain_checked\":%s,\"last_error\":",
+                        m->stale ? "true" : "false", m->draining ? "true" : "false",
+                        m->genesis_checked ? "true" : "false");
     add_opt_string(out, upstream_last_error(m->u));
     evbuffer_add(out, "}", 1);
 }
@@ -77,6 +78,9 @@ static void add_endpoints(struct evbuffer *out, const struct pool *p)
                             status_names[e->status], e->status_since,
                             e == p->active ? "true" : "false", e->stale ? "true" : "false");
         add_best(out, e->best_known, e->best);
+        evbuffer_add(out, ",\"genesis\":", 11);
+        add_opt_string(out, e->genesis[0] ? e->genesis : NULL);
+        evbuffer_add_printf(out, ",\"wrong_chain\":%s", e->wrong_chain ? "true" : "false");
         evbuffer_add(out, ",\"last_error\":", 14);
         add_opt_string(out, e->last_error[0] ? e->last_error : NULL);
         evbuffer_add(out, "}", 1);

@@ -339,6 +339,14 @@ def metrics_text(d, transport="unix") -> str:
         return r.body.decode("utf-8")
 
 
+def settled(d):
+    """Every link has told its chain (each link asks the node once when it connects): what
+    the node counts from now on is the test's own, and the pool's health polls."""
+    d.wait_status(lambda s: s["upstreams"] and all(u["chain_checked"] for u in s["upstreams"]),
+                  "every link's genesis known")
+    return d
+
+
 def status_counts(d, node):
     """(daemon requests, daemon in_flight, node requests): to show nothing reached the pool.
     Each reading adds one request to each side (subpool_status, devnode_stats)."""

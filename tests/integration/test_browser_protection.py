@@ -6,7 +6,7 @@ import pytest
 
 import harness
 from localwire import (OP_TEXT, TRANSPORTS, Conn, metrics_text, rpc, run_async, status_counts,
-                       quiet_pool_options, tcp_daemon, ws_connect, ws_frame)
+                       quiet_pool_options, settled, tcp_daemon, ws_connect, ws_frame)
 
 websockets = pytest.importorskip("websockets")
 
@@ -26,7 +26,7 @@ def refused(c: Conn, r, why: str):
 
 def test_evil_origin_upgrade_is_refused_before_the_router(devnode, daemon, transport):
     node = devnode()
-    d = tcp_daemon(daemon, node, **quiet_pool_options())
+    d = settled(tcp_daemon(daemon, node, **quiet_pool_options()))
     before = status_counts(d, node)
     for origin in (EVIL, "null", "HTTPS://EVIL.EXAMPLE", "http://localhost.evil.example"):
         with Conn(d, transport) as c:
@@ -43,7 +43,7 @@ def test_evil_origin_upgrade_is_refused_before_the_router(devnode, daemon, trans
 
 def test_evil_origin_refused_with_the_websockets_library(devnode, daemon, transport):
     node = devnode()
-    d = tcp_daemon(daemon, node, **quiet_pool_options())
+    d = settled(tcp_daemon(daemon, node, **quiet_pool_options()))
     before = status_counts(d, node)
 
     async def go():
@@ -58,7 +58,7 @@ def test_evil_origin_refused_with_the_websockets_library(devnode, daemon, transp
 
 def test_evil_origin_http_requests_are_refused(devnode, daemon, transport):
     node = devnode()
-    d = tcp_daemon(daemon, node, **quiet_pool_options())
+    d = settled(tcp_daemon(daemon, node, **quiet_pool_options()))
     before = status_counts(d, node)
     for method, path, body in [("POST", "/", rpc("devnode_echo", ["leak"])), ("GET", "/health", None),
                                ("GET", "/metrics", None)]:
@@ -71,7 +71,7 @@ def test_evil_origin_http_requests_are_refused(devnode, daemon, transport):
                                   "127.0.0.1.nip.io", "0.0.0.0", "192.168.1.10:9944", "[::2]"])
 def test_foreign_host_is_refused(devnode, daemon, transport, host):
     node = devnode()
-    d = tcp_daemon(daemon, node, **quiet_pool_options())
+    d = settled(tcp_daemon(daemon, node, **quiet_pool_options()))
     before = status_counts(d, node)
     with Conn(d, transport) as c:
         refused(c, c.ws_upgrade(host=host), f"upgrade with Host {host}")

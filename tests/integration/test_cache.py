@@ -6,9 +6,8 @@ import json
 import socket
 
 import harness
-from localwire import Conn, rpc
+from localwire import Conn, quiet_pool_options, rpc, settled
 
-QUIET = {"health_interval": "1h", "ping_interval": "0"}  # nothing upstream but the test's own
 
 
 def ask(d, method, params, rid=1) -> dict:
@@ -33,7 +32,7 @@ def block_hash(node, n) -> str:
 
 def test_a_read_at_a_block_hash_goes_upstream_once(devnode, daemon):
     node = devnode(block_ms=0)
-    d = daemon(node, pool_size=1, **QUIET)
+    d = settled(daemon(node, pool_size=1, **quiet_pool_options()))
     h = block_hash(node, 0)
     before = node_requests(node)
     first = ask_raw(d, "state_getMetadata", [h], 7)
@@ -48,7 +47,7 @@ def test_a_read_at_a_block_hash_goes_upstream_once(devnode, daemon):
 
 def test_chain_constants_are_kept(devnode, daemon):
     node = devnode(block_ms=0)
-    d = daemon(node, pool_size=1, **QUIET)
+    d = settled(daemon(node, pool_size=1, **quiet_pool_options()))
     before = node_requests(node)
     for i in range(3):
         assert ask(d, "system_chain", None, i)["result"] == "Bittensor"
@@ -60,7 +59,7 @@ def test_what_is_never_kept(devnode, daemon):
     """Errors, latest reads, blocks (justifications come later), writes, a null header for an
     unknown hash, and what a node upgrade changes: each asked twice reaches the node twice."""
     node = devnode(block_ms=0)
-    d = daemon(node, pool_size=1, **QUIET)
+    d = settled(daemon(node, pool_size=1, **quiet_pool_options()))
     unknown = "0x" + "ee" * 32
     h = block_hash(node, 0)
     cases = [
@@ -83,7 +82,7 @@ def test_what_is_never_kept(devnode, daemon):
 
 def test_null_storage_at_a_known_block_is_kept(devnode, daemon):
     node = devnode(block_ms=0)
-    d = daemon(node, pool_size=1, **QUIET)
+    d = settled(daemon(node, pool_size=1, **quiet_pool_options()))
     h = block_hash(node, 0)
     before = node_requests(node)
     empty = "0x010200"  # ends in 00: the devnode has no value there
@@ -94,7 +93,7 @@ def test_null_storage_at_a_known_block_is_kept(devnode, daemon):
 
 def test_the_byte_bound_holds_and_the_least_recently_used_go_first(devnode, daemon):
     node = devnode("--metadata-size", "300000", block_ms=0)
-    d = daemon(node, pool_size=1, cache_max_bytes="1M", **QUIET)
+    d = settled(daemon(node, pool_size=1, cache_max_bytes="1M", **quiet_pool_options()))
     hashes = [node.call("devnode_newBlock") for _ in range(6)]
     for h in hashes[:3]:
         ask(d, "state_getMetadata", [h])
@@ -115,13 +114,13 @@ def test_the_byte_bound_holds_and_the_least_recently_used_go_first(devnode, daem
 
 def test_cache_off_and_clear(devnode, daemon):
     node = devnode(block_ms=0)
-    d = daemon(node, pool_size=1, **QUIET)
+    d = settled(daemon(node, pool_size=1, **quiet_pool_options()))
     h = block_hash(node, 0)
     ask(d, "state_getRuntimeVersion", [h])
     assert d.status()["cache"]["entries"] == 1
     assert ask(d, "subpool_cacheClear", None)["result"] == 1
     assert d.status()["cache"]["entries"] == 0 and d.status()["cache"]["bytes"] == 0
-    off = daemon(node, pool_size=1, cache="false", **QUIET)
+    off = settled(daemon(node, pool_size=1, cache="false", **quiet_pool_options()))
     before = node_requests(node)
     ask(off, "state_getRuntimeVersion", [h])
     ask(off, "state_getRuntimeVersion", [h])
@@ -159,7 +158,7 @@ def test_a_cached_reply_written_to_many_clients_counts_once(devnode, daemon):
     """The clients' outputs point into the cache's copy: the cache's budget counts it, and
     the clients' ledger does not count it again, however many clients leave it unread."""
     node = devnode(block_ms=0)  # metadata of 600 kB
-    d = daemon(node, pool_size=1, **QUIET)
+    d = settled(daemon(node, pool_size=1, **quiet_pool_options()))
     h = block_hash(node, 0)
     size = len(ask_raw(d, "state_getMetadata", [h], 1))
     base = d.status()["client_memory"]["held"]
@@ -175,3 +174,33 @@ def test_a_cached_reply_written_to_many_clients_counts_once(devnode, daemon):
     assert grown < size // 2, (grown, size)
     for c in conns:
         c.close()
+
+
+FAST = {"reconnect_min": "50ms", "reconnect_max": "300ms", "health_interval": "200ms",
+        "ping_interval": "300ms", "pong_timeout": "300ms", "request_timeout": "1s"}
+
+
+def test_an_endpoint_of_another_chain_is_marked_and_never_answers(devnode, daemon):
+    """Endpoints must serve one chain; that is checked, not assumed: a fallback with another
+    genesis is marked wrong_chain, and when the primary stops, clients get -32050 rather than
+    another chain's answers (which the cache would also have kept)."""
+    primary = devnode(block_ms=0)
+    other = devnode(block_ms=0, seed=7)  # another genesis hash
+    d = daemon(primary, other, pool_size=1, **FAST)
+    s = d.wait_status(lambda s: s["endpoints"][0]["genesis"] and s["endpoints"][1]["genesis"],
+                      "both endpoints told their genesis")
+    assert s["endpoints"][0]["genesis"] != s["endpoints"][1]["genesis"]
+    assert not s["endpoints"][0]["wrong_chain"] and s["endpoints"][1]["wrong_chain"], s["endpoints"]
+    assert "another chain" in s["endpoints"][1]["last_error"]
+    d.wait_log("serves another chain")
+    h = block_hash(primary, 0)
+    assert "result" in ask(d, "state_getRuntimeVersion", [h])
+    served = other.stats()["requests"]
+    primary.stop()
+    d.wait_status(lambda s: s["endpoints"][0]["status"] == "down", "the primary seen down")
+    r = ask(d, "system_name", None)  # not cacheable: it has to reach a node
+    assert r["error"]["code"] == harness.ERR_UNAVAILABLE, r
+    s = d.status()
+    assert s["active_endpoint"] == 0, "the pool never moves to another chain"
+    assert [u["priority"] for u in s["upstreams"]] == [0], s["upstreams"]
+    assert other.stats()["requests"] > served, "its watch link is still polled"

@@ -7,9 +7,8 @@ import socket
 import struct
 
 import harness
-from localwire import Conn, rpc, tcp_daemon
+from localwire import Conn, quiet_pool_options, rpc, settled, tcp_daemon
 
-QUIET = {"health_interval": "1h", "ping_interval": "0"}  # nothing upstream but the test's own
 
 
 def node_requests(node) -> int:
@@ -36,7 +35,7 @@ def replies(conns, timeout=20):
 
 def test_identical_reads_at_once_go_upstream_once(devnode, daemon):
     node = devnode(block_ms=0, latency_ms=300)
-    d = daemon(node, pool_size=2, **QUIET)
+    d = settled(daemon(node, pool_size=2, **quiet_pool_options()))
     d.wait_upstreams_ready()
     before = node_requests(node)
     conns = send_all(d, 8, "state_getMetadata", None)
@@ -50,7 +49,7 @@ def test_identical_reads_at_once_go_upstream_once(devnode, daemon):
 def test_aliases_and_spelling_of_params_share_too(devnode, daemon):
     """state_getStorageAt [k, null] is state_getStorage [k]; hex case does not matter."""
     node = devnode(block_ms=0, latency_ms=300)
-    d = daemon(node, pool_size=1, **QUIET)
+    d = settled(daemon(node, pool_size=1, **quiet_pool_options()))
     key = "0x%016xaa" % 7
     before = node_requests(node)
     a = Conn(d)
@@ -67,7 +66,7 @@ def test_aliases_and_spelling_of_params_share_too(devnode, daemon):
 def test_errors_reach_every_waiter(devnode, daemon):
     """An unknown block hash: the node's error goes to each client, with its own id."""
     node = devnode(block_ms=0, latency_ms=300)
-    d = daemon(node, pool_size=1, **QUIET)
+    d = settled(daemon(node, pool_size=1, **quiet_pool_options()))
     unknown = "0x" + "ee" * 32
     before = node_requests(node)
     got = replies(send_all(d, 4, "state_getStorage", ["0x0102", unknown]))
@@ -81,7 +80,7 @@ def test_errors_reach_every_waiter(devnode, daemon):
 
 def test_writes_nonces_and_unknown_methods_are_never_shared(devnode, daemon):
     node = devnode(block_ms=0, latency_ms=300)
-    d = daemon(node, pool_size=1, **QUIET)
+    d = settled(daemon(node, pool_size=1, **quiet_pool_options()))
     before = node.stats()
     replies(send_all(d, 3, "author_submitExtrinsic", ["0x0102"]))
     replies(send_all(d, 3, "system_accountNextIndex", ["5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY"]))
@@ -94,7 +93,7 @@ def test_writes_nonces_and_unknown_methods_are_never_shared(devnode, daemon):
 
 def test_a_follower_gets_its_answer_when_the_leaders_client_leaves(devnode, daemon):
     node = devnode(block_ms=0, latency_ms=500)
-    d = tcp_daemon(daemon, node, pool_size=1, **QUIET)
+    d = settled(tcp_daemon(daemon, node, pool_size=1, **quiet_pool_options()))
     leader = Conn(d, "tcp")
     leader.send(rpc("state_getMetadata", None, 1) + b"\n")
     d.wait_status(lambda s: s["in_flight"] == 1, "the leader's read in flight")
@@ -112,7 +111,7 @@ def test_a_queued_leaders_followers_still_get_an_answer_when_it_leaves(devnode, 
     """A read that waited in the queue and was then shared: its client leaving hands the read
     to a follower, which goes upstream in its place."""
     node = devnode(block_ms=0, latency_ms=400)
-    d = tcp_daemon(daemon, node, pool_size=1, max_in_flight=1, **QUIET)
+    d = settled(tcp_daemon(daemon, node, pool_size=1, max_in_flight=1, **quiet_pool_options()))
     blocker = Conn(d)
     blocker.send(rpc("devnode_sleep", [300], 9) + b"\n")
     d.wait_status(lambda s: s["in_flight"] == 1, "the only slot taken")
@@ -133,7 +132,7 @@ def test_latest_reads_are_not_shared_across_a_block_the_daemon_saw(devnode, daem
     """A read of "latest" sent before a new head must not answer one asked after the client
     saw that head: the second goes to the node and gets the new value."""
     node = devnode(block_ms=0, latency_ms=600)
-    d = daemon(node, pool_size=1, **QUIET)
+    d = settled(daemon(node, pool_size=1, **quiet_pool_options()))
     dyn = "0x%016x01" % 3  # its value is the block number
     watcher = Conn(d)
     watcher.send(rpc("chain_subscribeNewHeads", None, 0) + b"\n")
@@ -157,7 +156,7 @@ def test_latest_reads_are_not_shared_across_a_block_the_daemon_saw(devnode, daem
 
 def test_coalesce_off_sends_every_read(devnode, daemon):
     node = devnode(block_ms=0, latency_ms=300)
-    d = daemon(node, pool_size=1, coalesce="false", **QUIET)
+    d = settled(daemon(node, pool_size=1, coalesce="false", **quiet_pool_options()))
     before = node_requests(node)
     replies(send_all(d, 4, "state_getMetadata", None))
     assert node_requests(node) - before == 4 + 1

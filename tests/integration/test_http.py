@@ -12,7 +12,7 @@ import time
 import pytest
 
 import harness
-from localwire import TRANSPORTS, Conn, quiet_pool_options, rpc, tcp_daemon
+from localwire import TRANSPORTS, Conn, quiet_pool_options, rpc, settled, tcp_daemon
 
 
 @pytest.fixture(params=TRANSPORTS)
@@ -133,7 +133,7 @@ def test_pipelined_requests_are_answered_in_order(devnode, daemon, transport):
 
 def test_notification_only_post_gets_200_empty(devnode, daemon, transport):
     node = devnode()
-    d = tcp_daemon(daemon, node, **quiet_pool_options())
+    d = settled(tcp_daemon(daemon, node, **quiet_pool_options()))
     before = node.stats()["requests"]
     with Conn(d, transport) as c:
         note = b'{"jsonrpc":"2.0","method":"devnode_echo","params":["n"]}'
