@@ -297,6 +297,7 @@ static void conn_send_text(struct conn *c, struct evbuffer *buf)
     }
     struct evbuffer *out = bufferevent_get_output(c->bev);
     size_t len = evbuffer_get_length(buf);
+    c->dn->n_sent_bytes += len;
     if (!wslay_event_want_write(c->ws) && wslay_event_get_write_enabled(c->ws)) {
         uint8_t head[WS_HEAD_MAX];
         size_t hlen = ws_frame_head(head, WSLAY_TEXT_FRAME, len, NULL);

@@ -79,6 +79,7 @@ struct devnode {
     uint64_t n_conns;
     uint64_t n_subs;
     uint64_t n_requests;
+    uint64_t n_sent_bytes; /* text frame payloads sent: replies and notifications */
     uint64_t n_handshakes;
     uint64_t n_refused;      /* upgrades answered 429 */
     uint64_t n_hangups;      /* upgrades left unanswered under FAULT_HANGUP */

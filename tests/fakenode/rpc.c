@@ -722,10 +722,10 @@ static int m_devnode_stats(struct rpc_call *rc)
                         "{\"connections\":%" PRIu64 ",\"subscriptions\":%" PRIu64
                         ",\"requests\":%" PRIu64 ",\"handshakes\":%" PRIu64 ",\"best\":%" PRIu64
                         ",\"refused\":%" PRIu64 ",\"hangups\":%" PRIu64 ",\"tls_failures\":%" PRIu64
-                        ",\"extrinsics\":%" PRIu64 ",\"frozen\":%s}",
+                        ",\"extrinsics\":%" PRIu64 ",\"frozen\":%s,\"sent_bytes\":%" PRIu64 "}",
                         dn->n_conns, dn->n_subs, dn->n_requests, dn->n_handshakes, dn->chain.best,
                         dn->n_refused, dn->n_hangups, dn->n_tls_failures, dn->n_extrinsics,
-                        dn->fault == FAULT_FREEZE ? "true" : "false");
+                        dn->fault == FAULT_FREEZE ? "true" : "false", dn->n_sent_bytes);
     return 0;
 }
 
