@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import harness
-from localwire import OP_PING, Conn, WsClosed, rpc, ws_frame
+from localwire import OP_CONT, OP_PING, OP_TEXT, Conn, WsClosed, rpc, ws_frame
 
 RUNS = 80  # about two seconds each under the sanitizer
 SUPP = str(Path(__file__).with_name("alloc-fail.supp"))
@@ -228,6 +228,53 @@ def test_a_reply_that_cannot_be_queued_cuts_its_client_never_leaves_a_hole(devno
     # The large allocations are the node's messages and the clients' copies, in turns: a
     # stride of them covers both kinds and keeps the run short.
     for n in range(1, total + 1, max(1, total // 24)):
+        alive, ok, code, _, log = run(n)
+        if not (alive and ok and code == 0):
+            problems.append(f"N={n}: alive={alive} served={ok} exit={code}\n{harness.tail(log, 30)}")
+    assert not problems, "\n\n".join(problems)
+
+
+def test_a_websocket_reply_that_cannot_be_copied_mid_batch_cuts_only_its_client(devnode, daemon):
+    """Item 11 of the bounds issue: ws_session_emit closed the session when it could not copy
+    a reply, in the middle of a delivery that still held the session (here batch_settle):
+    a use after free and a double free. A websocket reply is copied when wslay already has a
+    frame queued: a ping read with the end of a batch makes the pong wait while the batch is
+    answered. Only large allocations are counted (SUBPOOL_FAIL_ALLOC_MIN), each failed in
+    turn: the client is answered or cut, a fresh client is served, and the daemon exits 0
+    (under the sanitizer, with nothing leaked)."""
+    node = devnode(block_ms=0)
+    batch = b"[" + b",".join(rpc("subpool_ping", None, i) for i in range(2000)) + b"]"
+
+    def run(n):
+        env = dict(os.environ, SUBPOOL_FAIL_ALLOC=str(n), SUBPOOL_FAIL_ALLOC_MIN=str(64 << 10),
+                   LSAN_OPTIONS="suppressions=" + SUPP)
+        d = daemon(node, pool_size=1, log_level="info", env=env, max_batch=4000)
+        try:
+            d.wait_log("alloc-fail: counting", timeout=5)
+        except AssertionError:
+            d.stop()
+            msg = "subpoold is not built with -Dalloc_fail=true"
+            if os.environ.get("CI"):
+                pytest.fail(msg + " (CI builds it so)")
+            pytest.skip(msg)
+        with Conn(d, timeout=5) as w:
+            assert w.ws_upgrade().status == 101
+            # The batch in two fragments, the ping between them in the same write as the last:
+            # when the batch is answered, the pong still waits in wslay's queue.
+            step(lambda: w.send(ws_frame(OP_TEXT, batch[:-1], fin=False)))
+            step(lambda: w.send(ws_frame(OP_PING, b"hi") + ws_frame(OP_CONT, batch[-1:])))
+            step(lambda: w.ws_message(timeout=5))
+        alive = d.proc.alive()
+        ok = alive and served(d)
+        code = d.stop() if alive else None
+        count = re.findall(r"alloc-fail: (\d+) allocations counted", d.log)
+        return alive, ok, code, int(count[-1]) if count else 0, d.log
+
+    alive, ok, code, total, log = run(0)
+    assert alive and ok and code == 0, harness.tail(log, 40)
+    assert total >= 2, f"only {total} large allocations: the reply was not copied"
+    problems = []
+    for n in range(1, total + 1):
         alive, ok, code, _, log = run(n)
         if not (alive and ok and code == 0):
             problems.append(f"N={n}: alive={alive} served={ok} exit={code}\n{harness.tail(log, 30)}")
