@@ -21,6 +21,7 @@ struct centry {
     size_t len;            /* the message, at the start of mb->data */
     size_t id_off, id_len; /* the node's id in it, replaced for each client */
     size_t cost;           /* counted against the budget */
+    unsigned tag;          /* the caller's, for the eviction callback */
     size_t key_len;
     char key[];
 };
@@ -50,6 +51,8 @@ static void make_room(struct cache *c, uint64_t need)
     struct centry *e;
 
     while (c->bytes + need > c->max && (e = TAILQ_LAST(&c->lru, centry_list))) {
+        if (c->evicted)
+            c->evicted(c->evicted_arg, e->tag);
         entry_drop(c, e);
         c->evictions++;
     }
@@ -105,8 +108,8 @@ bool cache_get(struct cache *c, const char *key, size_t key_len, struct cache_hi
     return true;
 }
 
-void cache_put(struct cache *c, const char *key, size_t key_len, const char *msg, size_t len,
-               const struct jsonrpc_msg *jm)
+bool cache_put(struct cache *c, const char *key, size_t key_len, unsigned tag, const char *msg,
+               size_t len, const struct jsonrpc_msg *jm)
 {
     const char *whole = msg + jm->whole.off;
     size_t n = jm->whole.len, lent_len;
@@ -116,20 +119,20 @@ void cache_put(struct cache *c, const char *key, size_t key_len, const char *msg
     (void)len;
 
     if (n > CACHE_ENTRY_MAX || jm->id.type == JSON_NONE || entry_find(c, key, key_len, h))
-        return;
+        return false;
     /* Its own buffer when the message is the whole of the one it came in, else a copy. */
     if (lent && whole == lent->data && n == lent_len && lent->cap <= 2 * n + 4096) {
         mb = lent;
         mb->refs++;
     } else {
         if (!(mb = msgbuf_reserve(NULL, n)))
-            return;
+            return false;
         memcpy(mb->data, whole, n);
     }
     size_t cost = sizeof(*e) + key_len + sizeof(*mb) + mb->cap;
     if (cost > c->max || !(e = malloc(sizeof(*e) + key_len))) {
         msgbuf_unref(mb);
-        return;
+        return false;
     }
     make_room(c, cost);
     e->mb = mb;
@@ -137,6 +140,7 @@ void cache_put(struct cache *c, const char *key, size_t key_len, const char *msg
     e->id_off = jm->id.off - jm->whole.off;
     e->id_len = jm->id.len;
     e->cost = cost;
+    e->tag = tag;
     e->key_len = key_len;
     memcpy(e->key, key, key_len);
     msgbuf_set_cached(mb, true);
@@ -145,4 +149,5 @@ void cache_put(struct cache *c, const char *key, size_t key_len, const char *msg
     c->bytes += cost;
     c->entries++;
     c->stores++;
+    return true;
 }

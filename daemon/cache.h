@@ -25,6 +25,8 @@ struct cache {
     uint64_t max;           /* cache_max_bytes; 0: keep nothing */
     uint64_t entries;
     uint64_t hits, misses, stores, evictions;
+    void (*evicted)(void *arg, unsigned tag); /* told of each entry dropped for room */
+    void *evicted_arg;
 };
 
 /* Entries larger than this are not kept, whatever the budget. */
@@ -51,9 +53,10 @@ bool cache_get(struct cache *c, const char *key, size_t key_len, struct cache_hi
 
 /*
  * Keeps the node's reply msg (len bytes, jm its scan; the id is the part
- * replaced per client) under key: by reference into the msgbuf being
- * delivered when msg lies in it and fills most of it, else as a copy. Does
- * nothing when the reply is too large, the budget is 0, or memory is short.
+ * replaced per client) under key, with a tag the eviction callback gets: by
+ * reference into the msgbuf being delivered when msg lies in it and fills
+ * most of it, else as a copy. Returns false, keeping nothing, when the
+ * reply is too large, the budget is 0, or memory is short.
  */
-void cache_put(struct cache *c, const char *key, size_t key_len, const char *msg, size_t len,
-               const struct jsonrpc_msg *jm);
+bool cache_put(struct cache *c, const char *key, size_t key_len, unsigned tag, const char *msg,
+               size_t len, const struct jsonrpc_msg *jm);

@@ -24,8 +24,7 @@ static const double bucket_le[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005
 #define N_SLOTS    (SLOT_KNOWN + METHOD_KNOWN_COUNT)
 
 struct method_stat {
-    uint64_t requests;
-    uint64_t errors;
+    uint64_t n[METRIC_KINDS];
 };
 
 struct metrics {
@@ -53,14 +52,20 @@ unsigned metrics_method(struct metrics *m, const char *name, size_t len)
     return k < 0 ? SLOT_OTHER : SLOT_KNOWN + (unsigned)k;
 }
 
+void metrics_count(struct metrics *m, unsigned slot, enum metric_kind kind)
+{
+    if (slot < N_SLOTS)
+        m->methods[slot].n[kind]++;
+}
+
 void metrics_count_request(struct metrics *m, unsigned slot)
 {
-    m->methods[slot].requests++;
+    metrics_count(m, slot, METRIC_REQUESTS);
 }
 
 void metrics_count_error(struct metrics *m, unsigned slot)
 {
-    m->methods[slot].errors++;
+    metrics_count(m, slot, METRIC_ERRORS);
 }
 
 void metrics_observe(struct metrics *m, uint64_t ns)
@@ -100,12 +105,11 @@ static const char *method_name(unsigned k)
 }
 
 static void render_methods(const struct metrics *m, struct evbuffer *out, const char *metric,
-                           const char *help, int errors)
+                           const char *help, enum metric_kind kind)
 {
     evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s counter\n", metric, help, metric);
     for (unsigned k = 0; k < N_SLOTS; k++) {
-        const struct method_stat *st = &m->methods[k];
-        uint64_t v = errors ? st->errors : st->requests;
+        uint64_t v = m->methods[k].n[kind];
         if (v)
             evbuffer_add_printf(out, "%s{method=\"%s\"} %llu\n", metric, method_name(k),
                                 (unsigned long long)v);
@@ -119,9 +123,21 @@ void metrics_render(struct server *srv, struct evbuffer *out)
     struct pool *p = srv->pool;
     uint64_t cum = 0;
 
-    render_methods(m, out, "subpool_requests_total", "Client requests by method.", 0);
+    render_methods(m, out, "subpool_requests_total", "Client requests by method.", METRIC_REQUESTS);
     render_methods(m, out, "subpool_request_errors_total",
-                   "Error replies by method, from the node or from subpool.", 1);
+                   "Error replies by method, from the node or from subpool.", METRIC_ERRORS);
+    render_methods(m, out, "subpool_coalesced_total",
+                   "Reads that shared an identical read's request to the node, by method.",
+                   METRIC_COALESCED);
+    render_methods(m, out, "subpool_cache_hits_total",
+                   "Reads answered from the reply cache, by method.", METRIC_CACHE_HITS);
+    render_methods(m, out, "subpool_cache_misses_total",
+                   "Cacheable reads not found in the reply cache, by method.", METRIC_CACHE_MISSES);
+    render_methods(m, out, "subpool_cache_stores_total",
+                   "Replies kept in the reply cache, by method.", METRIC_CACHE_STORES);
+    render_methods(m, out, "subpool_cache_evictions_total",
+                   "Replies dropped from the reply cache for room, by method.",
+                   METRIC_CACHE_EVICTIONS);
     evbuffer_add_printf(out, "# HELP subpool_request_duration_seconds Time from a request's "
                              "arrival to its reply, for requests sent to a node.\n"
                              "# TYPE subpool_request_duration_seconds histogram\n");
@@ -176,30 +192,15 @@ void metrics_render(struct server *srv, struct evbuffer *out)
         "# HELP subpool_connections_accepted_total Local connections accepted.\n"
         "# TYPE subpool_connections_accepted_total counter\n"
         "subpool_connections_accepted_total %llu\n"
-        "# HELP subpool_coalesced_total Reads that shared an identical read's reply instead of "
-        "going to the node.\n"
-        "# TYPE subpool_coalesced_total counter\nsubpool_coalesced_total %llu\n"
         "# HELP subpool_queue_evicted_total Waiting requests refused to make room for a client "
         "with fewer waiting.\n"
-        "# TYPE subpool_queue_evicted_total counter\nsubpool_queue_evicted_total %llu\n",
-        srv->n_subs, srv->router->n_queued, (unsigned long long)srv->stats.bytes_in,
-        (unsigned long long)srv->stats.bytes_out, (unsigned long long)srv->stats.accepted,
-        (unsigned long long)srv->router->coalesced, (unsigned long long)srv->router->evicted);
-    evbuffer_add_printf(
-        out,
-        "# HELP subpool_cache_hits_total Reads answered from the reply cache.\n"
-        "# TYPE subpool_cache_hits_total counter\nsubpool_cache_hits_total %llu\n"
-        "# HELP subpool_cache_misses_total Cacheable reads not found in the reply cache.\n"
-        "# TYPE subpool_cache_misses_total counter\nsubpool_cache_misses_total %llu\n"
-        "# HELP subpool_cache_stores_total Replies kept in the reply cache.\n"
-        "# TYPE subpool_cache_stores_total counter\nsubpool_cache_stores_total %llu\n"
-        "# HELP subpool_cache_evictions_total Replies dropped from the reply cache for room.\n"
-        "# TYPE subpool_cache_evictions_total counter\nsubpool_cache_evictions_total %llu\n"
+        "# TYPE subpool_queue_evicted_total counter\nsubpool_queue_evicted_total %llu\n"
         "# HELP subpool_cache_bytes Bytes the reply cache holds.\n"
         "# TYPE subpool_cache_bytes gauge\nsubpool_cache_bytes %llu\n"
         "# HELP subpool_cache_entries Replies the reply cache holds.\n"
         "# TYPE subpool_cache_entries gauge\nsubpool_cache_entries %llu\n",
-        (unsigned long long)srv->cache.hits, (unsigned long long)srv->cache.misses,
-        (unsigned long long)srv->cache.stores, (unsigned long long)srv->cache.evictions,
-        (unsigned long long)srv->cache.bytes, (unsigned long long)srv->cache.entries);
+        srv->n_subs, srv->router->n_queued, (unsigned long long)srv->stats.bytes_in,
+        (unsigned long long)srv->stats.bytes_out, (unsigned long long)srv->stats.accepted,
+        (unsigned long long)srv->router->evicted, (unsigned long long)srv->cache.bytes,
+        (unsigned long long)srv->cache.entries);
 }

@@ -18,6 +18,19 @@ struct metrics *metrics_new(void);
 struct metrics *metrics_free(struct metrics *m);
 /* The slot counting this method name (bytes without quotes). */
 unsigned metrics_method(struct metrics *m, const char *name, size_t len);
+/* What is counted by method. */
+enum metric_kind {
+    METRIC_REQUESTS,
+    METRIC_ERRORS,
+    METRIC_COALESCED,       /* shared another's request to the node */
+    METRIC_CACHE_HITS,      /* answered from the reply cache */
+    METRIC_CACHE_MISSES,    /* cacheable, not in the cache */
+    METRIC_CACHE_STORES,    /* replies kept */
+    METRIC_CACHE_EVICTIONS, /* replies dropped for room */
+    METRIC_KINDS,
+};
+
+void metrics_count(struct metrics *m, unsigned slot, enum metric_kind kind);
 void metrics_count_request(struct metrics *m, unsigned slot);
 void metrics_count_error(struct metrics *m, unsigned slot);
 void metrics_observe(struct metrics *m, uint64_t ns);

@@ -186,6 +186,7 @@ static bool flight_join(struct router *rt, struct request *r)
     r->leader = l;
     TAILQ_INSERT_TAIL(&l->followers, r, f_link);
     rt->coalesced++;
+    metrics_count(rt->srv->metrics, r->method_slot, METRIC_COALESCED);
     return true;
 }
 
@@ -571,8 +572,11 @@ static bool cache_hit(struct router *rt, struct request *r, struct session *s, s
 {
     struct cache_hit hit;
 
-    if (!cache_get(&rt->srv->cache, r->key, r->key_len, &hit))
+    if (!cache_get(&rt->srv->cache, r->key, r->key_len, &hit)) {
+        metrics_count(rt->srv->metrics, r->method_slot, METRIC_CACHE_MISSES);
         return false;
+    }
+    metrics_count(rt->srv->metrics, r->method_slot, METRIC_CACHE_HITS);
     struct iovec parts[3] = {
         {(void *)hit.head, hit.head_len},
         {(void *)id, id_len},
@@ -839,8 +843,9 @@ void router_on_message(struct router *rt, struct pool_member *m, const char *msg
 
         /* Kept when it is a definite answer at a block: never an error, null only for storage. */
         if (cacheable(rt, r) && pool_member_on_chain(m) && jm.error.type == JSON_NONE &&
-            (jm.result.type != JSON_NULL || (r->traits & READ_NULL_OK)))
-            cache_put(&rt->srv->cache, r->key, r->key_len, msg, len, &jm);
+            (jm.result.type != JSON_NULL || (r->traits & READ_NULL_OK)) &&
+            cache_put(&rt->srv->cache, r->key, r->key_len, r->method_slot, msg, len, &jm))
+            metrics_count(rt->srv->metrics, r->method_slot, METRIC_CACHE_STORES);
         /* The same reply, each with its own id: by reference into the node's message. */
         flight_take(r, &followers);
         reply_deliver(rt, r, msg, &jm);

@@ -233,6 +233,13 @@ static void shed_cb(evutil_socket_t fd, short what, void *arg)
     session_shed(arg);
 }
 
+/* A reply dropped from the cache for room, counted by its method. */
+static void cache_evicted(void *arg, unsigned slot)
+{
+    struct server *srv = arg;
+    metrics_count(srv->metrics, slot, METRIC_CACHE_EVICTIONS);
+}
+
 /* A node's message lent to clients' outputs: the ledger holds it once (account.c). */
 static void ledger_hold(void *arg, int64_t delta)
 {
@@ -499,6 +506,8 @@ int main(int argc, char **argv)
     srv.ledger.shed = event_new(srv.base, -1, 0, shed_cb, &srv);
     srv.ledger.budget = account_budget(srv.cfg->max_client_memory);
     cache_ok = cache_init(&srv.cache, srv.cfg->cache ? srv.cfg->cache_max_bytes : 0) == 0;
+    srv.cache.evicted = cache_evicted;
+    srv.cache.evicted_arg = &srv;
     srv.shutdown_timer = evtimer_new(srv.base, shutdown_timer_cb, &srv);
     srv.notify_timer = event_new(srv.base, -1, EV_PERSIST, notify_timer_cb, &srv);
     srv.watchdog = event_new(srv.base, -1, EV_PERSIST, watchdog_cb, &srv);

@@ -354,12 +354,17 @@ def status_counts(d, node):
     return s["requests"], s["in_flight"], node.stats()["requests"]
 
 
-def requests_for(d, method) -> int:
-    """subpool_requests_total for one method (0 when absent): a known method name (only
-    those get a label) used only by a hostile request shows whether the daemon ever took it
-    for a request."""
-    prefix = 'subpool_requests_total{method="%s"} ' % method
+def by_method(d, family, method) -> int:
+    """A counter labelled by method, from /metrics (0 when absent)."""
+    prefix = '%s{method="%s"} ' % (family, method)
     for line in metrics_text(d).splitlines():
         if line.startswith(prefix):
             return int(line[len(prefix):])
     return 0
+
+
+def requests_for(d, method) -> int:
+    """subpool_requests_total for one method (0 when absent): a known method name (only
+    those get a label) used only by a hostile request shows whether the daemon ever took it
+    for a request."""
+    return by_method(d, "subpool_requests_total", method)

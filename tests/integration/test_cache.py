@@ -6,7 +6,7 @@ import json
 import socket
 
 import harness
-from localwire import Conn, quiet_pool_options, rpc, settled
+from localwire import Conn, by_method, quiet_pool_options, rpc, settled
 
 
 
@@ -43,6 +43,9 @@ def test_a_read_at_a_block_hash_goes_upstream_once(devnode, daemon):
     cache = d.status()["cache"]
     assert cache["hits"] == 1 and cache["stores"] == 1 and cache["entries"] == 1, cache
     assert 0 < cache["bytes"] <= cache["max_bytes"]
+    for family, n in (("subpool_cache_hits_total", 1), ("subpool_cache_misses_total", 1),
+                      ("subpool_cache_stores_total", 1)):
+        assert by_method(d, family, "state_getMetadata") == n, family
 
 
 def test_chain_constants_are_kept(devnode, daemon):
@@ -104,6 +107,7 @@ def test_the_byte_bound_holds_and_the_least_recently_used_go_first(devnode, daem
         assert cache["bytes"] <= 1 << 20, cache
     cache = d.status()["cache"]
     assert cache["evictions"] >= 3 and cache["entries"] == 3, cache
+    assert by_method(d, "subpool_cache_evictions_total", "state_getMetadata") == cache["evictions"]
     before = node_requests(node)
     ask(d, "state_getMetadata", [hashes[5]])  # kept: the newest
     assert node_requests(node) - before == 1

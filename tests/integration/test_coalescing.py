@@ -7,7 +7,7 @@ import socket
 import struct
 
 import harness
-from localwire import Conn, quiet_pool_options, rpc, settled, tcp_daemon
+from localwire import Conn, by_method, quiet_pool_options, rpc, settled, tcp_daemon
 
 
 
@@ -44,6 +44,7 @@ def test_identical_reads_at_once_go_upstream_once(devnode, daemon):
     assert len({r["result"] for r in got}) == 1, "the same answer for all"
     assert node_requests(node) - before == 1 + 1, "one state_getMetadata (and the stats call)"
     assert d.status()["coalesced"] == 7
+    assert by_method(d, "subpool_coalesced_total", "state_getMetadata") == 7
 
 
 def test_aliases_and_spelling_of_params_share_too(devnode, daemon):
