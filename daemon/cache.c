@@ -125,7 +125,7 @@ bool cache_put(struct cache *c, const char *key, size_t key_len, unsigned tag, c
         mb = lent;
         mb->refs++;
     } else {
-        if (!(mb = msgbuf_reserve(NULL, n)))
+        if (!(mb = msgbuf_exact(n)))
             return false;
         memcpy(mb->data, whole, n);
     }

@@ -131,6 +131,19 @@ struct msgbuf *msgbuf_reserve(struct msgbuf *mb, size_t cap)
     return nb;
 }
 
+struct msgbuf *msgbuf_exact(size_t cap)
+{
+    struct msgbuf *mb;
+
+    if (cap > SIZE_MAX - sizeof(*mb) || !(mb = malloc(sizeof(*mb) + cap)))
+        return NULL;
+    mb->refs = 1;
+    mb->counted = 0;
+    mb->cached = false;
+    mb->cap = cap;
+    return mb;
+}
+
 void msgbuf_unref(struct msgbuf *mb)
 {
     if (mb && --mb->refs == 0)

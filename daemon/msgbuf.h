@@ -47,6 +47,9 @@ size_t msgbuf_spare_bytes(void);
  * memory, mb untouched. Only for a msgbuf nobody else holds. */
 struct msgbuf *msgbuf_reserve(struct msgbuf *mb, size_t cap);
 
+/* A new msgbuf of exactly cap bytes, never a larger spare; NULL when out of memory. */
+struct msgbuf *msgbuf_exact(size_t cap);
+
 /* Drops one hold; the last frees it. NULL is ignored. */
 void msgbuf_unref(struct msgbuf *mb);
 

@@ -276,8 +276,9 @@ static bool health_reply(struct pool *p, struct pool_member *l, const char *msg,
 
 static void genesis_poll(struct pool *p, struct pool_member *l)
 {
-    if (!l->genesis_checked)
-        own_ask(p, l, &l->genesis_seq, GENESIS_ID_PREFIX, "chain_getBlockHash", "[0]");
+    if (!l->genesis_checked &&
+        own_ask(p, l, &l->genesis_seq, GENESIS_ID_PREFIX, "chain_getBlockHash", "[0]"))
+        l->genesis_sent_ms = clock_mono_ms();
 }
 
 /* Marks each endpoint against the pool's chain: the first one's (in priority) that told it. */
@@ -308,14 +309,9 @@ static void chain_update(struct pool *p)
             log_info("pool: endpoint %u (%s) serves the pool's chain again", e->index, ep_name(e));
         }
     }
-    if (strcmp(srv->chain, ref->genesis) != 0) {
-        if (srv->chain[0]) {
-            log_warn("pool: the chain changed (genesis %s, was %s): reply cache emptied",
-                     ref->genesis, srv->chain);
-            cache_clear(&srv->cache);
-        }
-        memcpy(srv->chain, ref->genesis, sizeof(srv->chain));
-    }
+    memcpy(p->chain, ref->genesis, sizeof(p->chain));
+    if (srv->pool == p)
+        server_chain(srv, p->chain);
     pool_schedule(p);
 }
 
@@ -334,6 +330,8 @@ static bool genesis_reply(struct pool *p, struct pool_member *l, const char *msg
         return true;
     }
     l->genesis_checked = true;
+    memcpy(l->genesis, msg + jm.result.off + 1, GENESIS_LEN);
+    l->genesis[GENESIS_LEN] = '\0';
     if (memcmp(l->ep->genesis, msg + jm.result.off + 1, GENESIS_LEN) != 0) {
         memcpy(l->ep->genesis, msg + jm.result.off + 1, GENESIS_LEN);
         l->ep->genesis[GENESIS_LEN] = '\0';
@@ -346,7 +344,10 @@ static bool genesis_reply(struct pool *p, struct pool_member *l, const char *msg
 
 bool pool_member_on_chain(const struct pool_member *m)
 {
-    return m->genesis_checked && !m->ep->wrong_chain;
+    const char *chain = m->pool->srv->chain;
+
+    /* Per link: a retiring pool's links, or a balancer's backends, may be on another chain. */
+    return m->genesis_checked && chain[0] && strcmp(m->genesis, chain) == 0;
 }
 
 static void health_tick(struct pool *p, struct pool_member *l, uint64_t now)
@@ -359,6 +360,8 @@ static void health_tick(struct pool *p, struct pool_member *l, uint64_t now)
                   ep_name(l->ep), interval);
         l->health_seq = 0;
     }
+    if (l->genesis_seq && link_ready(l) && now - l->genesis_sent_ms >= interval)
+        l->genesis_seq = 0; /* asked again: with several endpoints it serves only once told */
     health_poll(p, l);
     genesis_poll(p, l);
 }

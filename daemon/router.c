@@ -552,7 +552,8 @@ static bool queue_make_room(struct router *rt, struct session *s)
         return false;
     victim =
         TAILQ_LAST(&session_waitq(session_of_qowner(top), REQUEST_PICK_LOAD)->reqs, request_list);
-    if (!victim)
+    /* Not one that others' reads follow (a retry after a lost link): they would fail too. */
+    if (!victim || !TAILQ_EMPTY(&victim->followers))
         return false;
     rt->evicted++;
     request_fail(rt, victim, SUBPOOL_ERR_UNAVAILABLE,
@@ -560,10 +561,11 @@ static bool queue_make_room(struct router *rt, struct session *s)
     return true;
 }
 
-/* Whether r's reply may come from the cache or go into it. */
+/* Whether r's reply may come from the cache or go into it: not while the chain is unknown. */
 static bool cacheable(const struct router *rt, const struct request *r)
 {
-    return r->key && !r->latest && (r->traits & READ_CACHE) && rt->srv->cfg->cache;
+    return r->key && !r->latest && (r->traits & READ_CACHE) && rt->srv->cfg->cache &&
+           rt->srv->chain[0];
 }
 
 /* r answered from the cache, with the client's id, out of the kept message by reference. */

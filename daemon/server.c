@@ -290,6 +290,19 @@ void server_maybe_finish(struct server *srv)
         event_base_loopexit(srv->base, NULL);
 }
 
+void server_chain(struct server *srv, const char *chain)
+{
+    memcpy(srv->chain, chain, sizeof(srv->chain));
+    if (!chain[0] || strcmp(srv->cache_chain, chain) == 0)
+        return;
+    if (srv->cache_chain[0]) {
+        log_warn("the chain changed (genesis %s, was %s): reply cache emptied", chain,
+                 srv->cache_chain);
+        cache_clear(&srv->cache);
+    }
+    memcpy(srv->cache_chain, chain, sizeof(srv->cache_chain));
+}
+
 void server_pool_ready(struct server *srv, struct pool *p)
 {
     struct pool *old = srv->pool;
@@ -298,6 +311,7 @@ void server_pool_ready(struct server *srv, struct pool *p)
         return;
     srv->pool_next = NULL;
     srv->pool = p;
+    server_chain(srv, p->chain);
     TAILQ_INSERT_TAIL(&srv->retired, old, r_link);
     log_info("reload: the new pool serves (%u upstreams to %s); the old one drains", p->n,
              p->active->url);

@@ -116,6 +116,9 @@ struct request {
 
 #define TIMED_OUT_KEEP 8
 
+/* A block hash as a node writes it: "0x" and 64 hex digits. */
+#define GENESIS_LEN 66
+
 /* One upstream websocket and the requests it carries. Owned by the pool. */
 struct pool_member {
     struct pool *pool;
@@ -145,12 +148,11 @@ struct pool_member {
     uint64_t health_seq;      /* id of the pool's own chain_getHeader in flight; 0: none */
     uint64_t health_sent_ms;
     uint64_t genesis_seq; /* id of the pool's chain_getBlockHash [0] in flight; 0: none */
-    bool genesis_checked; /* the current link told its genesis hash */
+    uint64_t genesis_sent_ms;
+    bool genesis_checked;            /* the current link told its genesis hash, */
+    char genesis[GENESIS_LEN + 1];   /* this one */
     TAILQ_ENTRY(pool_member) w_link; /* watch links only: pool->watchers */
 };
-
-/* A block hash as a node writes it: "0x" and 64 hex digits. */
-#define GENESIS_LEN 66
 
 /*
  * One configured endpoint, in priority order (index 0 is the primary). The
@@ -183,6 +185,7 @@ struct pool_endpoint {
 
 struct pool {
     struct server *srv;
+    char chain[GENESIS_LEN + 1]; /* its reference genesis, "" until one endpoint told it */
     unsigned n;
     unsigned n_closed; /* during shutdown */
     unsigned rotor;
@@ -254,7 +257,8 @@ struct stats {
 struct server {
     uint64_t head_epoch; /* moves on every sign of a new block: reads of "latest" key on it */
     struct cache cache;  /* replies to pinned reads (cache.c) */
-    char chain[GENESIS_LEN + 1]; /* the genesis of the chain the cache's replies are from */
+    char chain[GENESIS_LEN + 1];       /* the serving pool's chain; "" until it knows it */
+    char cache_chain[GENESIS_LEN + 1]; /* the chain the cache's replies are from */
     struct event_base *base;
     struct evdns_base *dns;
     struct config *cfg;
@@ -376,8 +380,11 @@ void pool_close(struct pool *p);
 /* After pool_close(): every link has finished closing. */
 bool pool_closed(const struct pool *p);
 unsigned pool_ready(const struct pool *p);
-/* Whether m's link told its genesis, and it is the pool's chain: its replies may be kept. */
+/* Whether m's link told its genesis, and it is the serving chain: its replies may be kept. */
 bool pool_member_on_chain(const struct pool_member *m);
+/* The serving pool's chain is now chain ("" while it does not know it): the reply cache
+ * serves only while it is known, and empties when it changes. */
+void server_chain(struct server *srv, const char *chain);
 /* Some member would take a request now. */
 bool pool_can_serve(struct pool *p);
 /* Reload: the pool was replaced; it takes nothing new, moves shared subscriptions, drains. */

@@ -101,12 +101,16 @@ static bool is_hex(char c)
     return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
 }
 
-/* Length of the string token at p (with quotes) when it is "0x" and hex digits only, else 0. */
+/*
+ * Length of the string token at p (with quotes) when it is "0x" and hex
+ * digits only, else 0. A "0X" prefix is not one: a node refuses it, so it
+ * must not share a key with the "0x" that it accepts.
+ */
 static size_t hex_string(const char *p, size_t n)
 {
     size_t i = 3;
 
-    if (n < 4 || p[1] != '0' || (p[2] != 'x' && p[2] != 'X'))
+    if (n < 4 || p[1] != '0' || p[2] != 'x')
         return 0;
     while (i < n && is_hex(p[i]))
         i++;

@@ -208,3 +208,49 @@ def test_an_endpoint_of_another_chain_is_marked_and_never_answers(devnode, daemo
     assert s["active_endpoint"] == 0, "the pool never moves to another chain"
     assert [u["priority"] for u in s["upstreams"]] == [0], s["upstreams"]
     assert other.stats()["requests"] > served, "its watch link is still polled"
+
+
+def test_a_reply_is_kept_at_its_size_not_a_spare_buffers(devnode, daemon):
+    """Review: a copy took a spare buffer of any larger size (8 MB for a 1.2 MB reply after
+    two 8 MB replies), so one entry cost several times its size."""
+    node = devnode("--metadata-size", "1200000", block_ms=0)
+    d = settled(daemon(node, pool_size=2, **quiet_pool_options()))
+    h = block_hash(node, 0)
+    conns = [Conn(d) for _ in range(2)]
+    for i, c in enumerate(conns):
+        c.send(rpc("devnode_blob", [8 << 20], i) + b"\n")
+    for c in conns:
+        assert len(c.read_until(b"\n", timeout=30)) > 8 << 20  # leaves 8 MB spares behind
+        c.close()
+    n = len(ask_raw(d, "state_getMetadata", [h], 1))
+    cache = d.status()["cache"]
+    assert cache["entries"] == 1 and cache["bytes"] < n + (64 << 10), (n, cache)
+
+
+def test_a_reload_to_another_chain_never_serves_the_old_chains_replies(devnode, tmp_path,
+                                                                      short_dir):
+    """Review: the chain was judged per endpoint of one pool, and the cache is the daemon's:
+    a reply from the old pool's link, still draining after a reload to another chain, was
+    kept after the new chain emptied the cache, and served to the new chain's clients."""
+    from test_systemd import file_daemon, reload_with
+    old = devnode(block_ms=0, latency_ms=1500)
+    new = devnode(block_ms=0, seed=7)
+    conf = tmp_path / "subpoold.conf"
+    conf.write_text(f"upstream = {old.url}\npool_size = 1\n")
+    d = settled(file_daemon(tmp_path, short_dir, "--config", conf, pool_size=1))
+    try:
+        h = block_hash(old, 0)
+        c = Conn(d)
+        c.send(rpc("chain_getHeader", [h], 1) + b"\n")
+        d.wait_status(lambda s: s["in_flight"] == 1, "the read in flight on the old chain")
+        reload_with(d, conf, f"upstream = {new.url}\npool_size = 1\n")
+        assert "result" in json.loads(c.read_until(b"\n", timeout=20))  # the old chain's answer
+        c.close()
+        d.wait_log("replaced pool has drained")
+        settled(d)
+        again = ask(d, "chain_getHeader", [h], 2)
+        assert again["result"] == new.call("chain_getHeader", [h]), again  # null: not its block
+        assert d.status()["cache"]["hits"] == 0
+    finally:
+        problem = d.close()
+    assert problem is None, problem

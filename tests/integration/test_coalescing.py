@@ -162,3 +162,28 @@ def test_coalesce_off_sends_every_read(devnode, daemon):
     replies(send_all(d, 4, "state_getMetadata", None))
     assert node_requests(node) - before == 4 + 1
     assert d.status()["coalesced"] == 0
+
+
+def test_making_room_in_the_queue_never_fails_another_clients_follower(devnode, daemon):
+    """Review: a leader back in the queue after a lost link could be the one a full queue
+    gave up, and its failure went to every follower, other clients' included."""
+    node = devnode(block_ms=0, latency_ms=800)
+    d = settled(daemon(node, pool_size=1, max_in_flight=8, queue_max=2, request_timeout="20s",
+                       reconnect_min="2s", reconnect_max="2s", **quiet_pool_options()))
+    h = node.call("chain_getBlockHash", [0])
+    x = Conn(d)
+    x.send(rpc("state_getRuntimeVersion", [h], 1) + b"\n" + rpc("state_getMetadata", [h], 2) + b"\n")
+    d.wait_status(lambda s: s["in_flight"] == 2, "x's two reads sent")
+    y = Conn(d)
+    y.send(rpc("state_getMetadata", [h], 77) + b"\n")
+    d.wait_status(lambda s: s["coalesced"] == 1, "y follows x's second read")
+    node.fault("close", "all")  # the link is lost: x's reads wait in the queue for a retry
+    d.wait_status(lambda s: s["queued"] == 2, "x's reads back in the queue")
+    z = Conn(d)
+    z.send(rpc("system_name", None, 5) + b"\n")  # the queue is full: x has the most waiting
+    json.loads(z.read_until(b"\n", timeout=10))
+    node.fault("none", "all")
+    reply = json.loads(y.read_until(b"\n", timeout=15))
+    assert reply["id"] == 77 and "result" in reply, reply
+    for c in (x, y, z):
+        c.close()
