@@ -45,16 +45,18 @@ static void entry_drop(struct cache *c, struct centry *e)
     free(e);
 }
 
-/* Drops the least recently used entries until need more bytes fit. */
-static void make_room(struct cache *c, uint64_t need)
+/* Drops the least recently used entries until need more bytes fit; evictions when for room. */
+static void make_room(struct cache *c, uint64_t need, bool evicting)
 {
     struct centry *e;
 
     while (c->bytes + need > c->max && (e = TAILQ_LAST(&c->lru, centry_list))) {
-        if (c->evicted)
-            c->evicted(c->evicted_arg, e->tag);
+        if (evicting) {
+            if (c->evicted)
+                c->evicted(c->evicted_arg, e->tag);
+            c->evictions++;
+        }
         entry_drop(c, e);
-        c->evictions++;
     }
 }
 
@@ -75,7 +77,7 @@ void cache_free(struct cache *c)
 void cache_resize(struct cache *c, uint64_t max)
 {
     c->max = max;
-    make_room(c, 0);
+    make_room(c, 0, false); /* a smaller budget, or none: dropped, not evicted for room */
 }
 
 static struct centry *entry_find(struct cache *c, const char *key, size_t key_len, uint32_t h)
@@ -134,7 +136,7 @@ bool cache_put(struct cache *c, const char *key, size_t key_len, unsigned tag, c
         msgbuf_unref(mb);
         return false;
     }
-    make_room(c, cost);
+    make_room(c, cost, true);
     e->mb = mb;
     e->len = n;
     e->id_off = jm->id.off - jm->whole.off;

@@ -145,6 +145,7 @@ def test_reload_turns_the_cache_off_and_empties_it(devnode, tmp_path, short_dir)
         reload_with(d, conf, f"upstream = {node.url}\npool_size = 1\ncache = false\n")
         cache = d.status()["cache"]
         assert cache["entries"] == 0 and cache["bytes"] == 0 and not cache["enabled"], cache
+        assert cache["evictions"] == 0, "dropped by the switch, not evicted for room"
         before = node_requests(node)
         ask(d, "state_getRuntimeVersion", [h])
         ask(d, "state_getRuntimeVersion", [h])
