@@ -20,10 +20,12 @@ TAILQ_HEAD(centry_list, centry);
 
 struct cache {
     struct htab tab;        /* entries by key */
+    struct htab blobs;      /* the replies' bytes, shared by identical ones, by content */
     struct centry_list lru; /* most recently used first */
     uint64_t bytes;         /* what the entries hold, against max */
     uint64_t max;           /* cache_max_bytes; 0: keep nothing */
     uint64_t entries;
+    uint64_t shared; /* entries whose bytes another entry already held */
     uint64_t hits, misses, stores, evictions;
     void (*evicted)(void *arg, unsigned tag); /* told of each entry dropped for room */
     void *evicted_arg;

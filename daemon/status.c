@@ -116,17 +116,18 @@ static void status_build(struct server *srv, struct evbuffer *out)
     evbuffer_add_printf(
         out,
         ",\"cache\":{\"enabled\":%s,\"bytes\":%llu,\"max_bytes\":%llu,\"entries\":%llu,"
+        "\"shared\":%llu,"
         "\"hits\":%llu,\"misses\":%llu,\"stores\":%llu,\"evictions\":%llu}"
         ",\"client_memory\":{\"held\":%llu,\"peak\":%llu,\"budget\":%llu,"
         "\"cuts\":%llu,\"trims\":%llu},\"work\":{\"dispatch_visits\":%llu,\"hash_probes\":%llu}}",
         srv->cfg->cache ? "true" : "false", (unsigned long long)srv->cache.bytes,
         (unsigned long long)srv->cache.max, (unsigned long long)srv->cache.entries,
-        (unsigned long long)srv->cache.hits, (unsigned long long)srv->cache.misses,
-        (unsigned long long)srv->cache.stores, (unsigned long long)srv->cache.evictions,
-        (unsigned long long)srv->ledger.total, (unsigned long long)srv->ledger.peak,
-        (unsigned long long)srv->ledger.budget, (unsigned long long)srv->ledger.cuts,
-        (unsigned long long)srv->ledger.trims, (unsigned long long)srv->router->dispatch_visits,
-        (unsigned long long)htab_probes);
+        (unsigned long long)srv->cache.shared, (unsigned long long)srv->cache.hits,
+        (unsigned long long)srv->cache.misses, (unsigned long long)srv->cache.stores,
+        (unsigned long long)srv->cache.evictions, (unsigned long long)srv->ledger.total,
+        (unsigned long long)srv->ledger.peak, (unsigned long long)srv->ledger.budget,
+        (unsigned long long)srv->ledger.cuts, (unsigned long long)srv->ledger.trims,
+        (unsigned long long)srv->router->dispatch_visits, (unsigned long long)htab_probes);
 }
 
 void status_handle(struct server *srv, struct session *s, struct batch *b, const char *buf,

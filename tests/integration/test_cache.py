@@ -95,25 +95,27 @@ def test_null_storage_at_a_known_block_is_kept(devnode, daemon):
 
 
 def test_the_byte_bound_holds_and_the_least_recently_used_go_first(devnode, daemon):
-    node = devnode("--metadata-size", "300000", block_ms=0)
+    node = devnode("--call-size", "150000", block_ms=0)  # 300 kB replies, distinct per call
     d = settled(daemon(node, pool_size=1, cache_max_bytes="1M", **quiet_pool_options()))
-    hashes = [node.call("devnode_newBlock") for _ in range(6)]
-    for h in hashes[:3]:
-        ask(d, "state_getMetadata", [h])
-    ask(d, "state_getMetadata", [hashes[0]])  # the first is now the most recently used
-    for h in hashes[3:]:
-        ask(d, "state_getMetadata", [h])
+    h = node.call("devnode_newBlock")
+    calls = [["Api_call", "0x%02x" % i, h] for i in range(6)]
+    for params in calls[:3]:
+        ask(d, "state_call", params)
+    ask(d, "state_call", calls[0])  # the first is now the most recently used, the second least
+    ask(d, "state_call", calls[3])  # no room for a fourth: one goes
+    before = node_requests(node)
+    ask(d, "state_call", calls[0])  # kept
+    assert node_requests(node) - before == 1, "the first, used since, was evicted"
+    before = node_requests(node)
+    ask(d, "state_call", calls[1])  # gone: it is now back, and the third went
+    assert node_requests(node) - before == 1 + 1, "the least recently used was kept"
+    for params in calls[4:]:
+        ask(d, "state_call", params)
         cache = d.status()["cache"]
         assert cache["bytes"] <= 1 << 20, cache
     cache = d.status()["cache"]
-    assert cache["evictions"] >= 3 and cache["entries"] == 3, cache
-    assert by_method(d, "subpool_cache_evictions_total", "state_getMetadata") == cache["evictions"]
-    before = node_requests(node)
-    ask(d, "state_getMetadata", [hashes[5]])  # kept: the newest
-    assert node_requests(node) - before == 1
-    before = node_requests(node)
-    ask(d, "state_getMetadata", [hashes[1]])  # gone: used least recently
-    assert node_requests(node) - before == 1 + 1
+    assert cache["evictions"] >= 4 and cache["entries"] == 3, cache
+    assert by_method(d, "subpool_cache_evictions_total", "state_call") == cache["evictions"]
 
 
 def test_cache_off_and_clear(devnode, daemon):
@@ -255,3 +257,21 @@ def test_a_reload_to_another_chain_never_serves_the_old_chains_replies(devnode, 
     finally:
         problem = d.close()
     assert problem is None, problem
+
+
+def test_identical_replies_at_several_blocks_are_kept_once(devnode, daemon):
+    """Metadata fetched at several blocks of one runtime is the same reply but for the id:
+    its bytes are kept once, however many blocks it was asked at."""
+    node = devnode(block_ms=0)  # metadata of 600 kB, the same at every block
+    d = settled(daemon(node, pool_size=1, **quiet_pool_options()))
+    hashes = [block_hash(node, 0)] + [node.call("devnode_newBlock") for _ in range(3)]
+    replies = [ask(d, "state_getMetadata", [h], 1)["result"] for h in hashes]
+    assert len(set(replies)) == 1
+    size = len(replies[0])
+    cache = d.status()["cache"]
+    assert cache["entries"] == 4 and cache["shared"] == 3, cache
+    assert size < cache["bytes"] < size + (64 << 10), (size, cache)
+    # Each still answers on its own, and dropping three leaves the fourth whole.
+    for h in hashes:
+        assert ask_raw(d, "state_getMetadata", [h], 2).startswith(b'{"jsonrpc":"2.0"')
+    assert d.status()["cache"]["hits"] == 4
