@@ -96,6 +96,42 @@ def served(d) -> bool:
     return False
 
 
+def each_large_failure(daemon, node, min_bytes, scenario, at_least, stride_runs=0, **options):
+    """Runs scenario(d) against a daemon whose allocations of min_bytes or more are counted,
+    once with none failing (the count, which must reach at_least), then with each one (or
+    every one of a stride giving about stride_runs runs) failing in turn. Each time the
+    daemon must stay up, serve a fresh client and exit 0 (under the sanitizer: nothing
+    leaked)."""
+    def run(n):
+        env = dict(os.environ, SUBPOOL_FAIL_ALLOC=str(n), SUBPOOL_FAIL_ALLOC_MIN=str(min_bytes),
+                   LSAN_OPTIONS="suppressions=" + SUPP)
+        d = daemon(node, pool_size=1, log_level="info", env=env, **options)
+        try:
+            d.wait_log("alloc-fail: counting", timeout=5)
+        except AssertionError:
+            d.stop()
+            msg = "subpoold is not built with -Dalloc_fail=true"
+            if os.environ.get("CI"):
+                pytest.fail(msg + " (CI builds it so)")
+            pytest.skip(msg)
+        scenario(d)
+        alive = d.proc.alive()
+        ok = alive and served(d)
+        code = d.stop() if alive else None
+        count = re.findall(r"alloc-fail: (\d+) allocations counted", d.log)
+        return alive, ok, code, int(count[-1]) if count else 0, d.log
+
+    alive, ok, code, total, log = run(0)
+    assert alive and ok and code == 0, harness.tail(log, 40)
+    assert total >= at_least, f"only {total} large allocations: the scenario copies nothing"
+    problems = []
+    for n in range(1, total + 1, max(1, total // stride_runs) if stride_runs else 1):
+        alive, ok, code, _, log = run(n)
+        if not (alive and ok and code == 0):
+            problems.append(f"N={n}: alive={alive} served={ok} exit={code}\n{harness.tail(log, 30)}")
+    assert not problems, "\n\n".join(problems)
+
+
 def start(daemon, node, n):
     """A daemon whose allocation n fails; its readiness is read from its log, since a status
     call could itself meet the failure."""
@@ -182,18 +218,7 @@ def test_a_reply_that_cannot_be_queued_cuts_its_client_never_leaves_a_hole(devno
         except (OSError, EOFError, TimeoutError, WsClosed):
             pass  # cut
 
-    def run(n):
-        env = dict(os.environ, SUBPOOL_FAIL_ALLOC=str(n), SUBPOOL_FAIL_ALLOC_MIN=str(256 << 10),
-                   LSAN_OPTIONS="suppressions=" + SUPP)
-        d = daemon(node, pool_size=1, log_level="info", env=env, max_subscription_keys=4000)
-        try:
-            d.wait_log("alloc-fail: counting", timeout=5)
-        except AssertionError:
-            d.stop()
-            msg = "subpoold is not built with -Dalloc_fail=true"
-            if os.environ.get("CI"):
-                pytest.fail(msg + " (CI builds it so)")
-            pytest.skip(msg)
+    def scenario(d):
         c, w = Conn(d, timeout=5), Conn(d, timeout=5)
         assert w.ws_upgrade().status == 101
         for conn in (c, w):
@@ -215,23 +240,11 @@ def test_a_reply_that_cannot_be_queued_cuts_its_client_never_leaves_a_hole(devno
         whole_frames(w)
         c.close()
         w.close()
-        alive = d.proc.alive()
-        ok = alive and served(d)
-        code = d.stop() if alive else None
-        count = re.findall(r"alloc-fail: (\d+) allocations counted", d.log)
-        return alive, ok, code, int(count[-1]) if count else 0, d.log
 
-    alive, ok, code, total, log = run(0)
-    assert alive and ok and code == 0, harness.tail(log, 40)
-    assert total >= blocks, f"only {total} large allocations: nothing was copied"
-    problems = []
     # The large allocations are the node's messages and the clients' copies, in turns: a
     # stride of them covers both kinds and keeps the run short.
-    for n in range(1, total + 1, max(1, total // 24)):
-        alive, ok, code, _, log = run(n)
-        if not (alive and ok and code == 0):
-            problems.append(f"N={n}: alive={alive} served={ok} exit={code}\n{harness.tail(log, 30)}")
-    assert not problems, "\n\n".join(problems)
+    each_large_failure(daemon, node, 256 << 10, scenario, blocks, stride_runs=24,
+                       max_subscription_keys=4000)
 
 
 def test_a_websocket_reply_that_cannot_be_copied_mid_batch_cuts_only_its_client(devnode, daemon):
@@ -245,18 +258,7 @@ def test_a_websocket_reply_that_cannot_be_copied_mid_batch_cuts_only_its_client(
     node = devnode(block_ms=0)
     batch = b"[" + b",".join(rpc("subpool_ping", None, i) for i in range(2000)) + b"]"
 
-    def run(n):
-        env = dict(os.environ, SUBPOOL_FAIL_ALLOC=str(n), SUBPOOL_FAIL_ALLOC_MIN=str(64 << 10),
-                   LSAN_OPTIONS="suppressions=" + SUPP)
-        d = daemon(node, pool_size=1, log_level="info", env=env, max_batch=4000)
-        try:
-            d.wait_log("alloc-fail: counting", timeout=5)
-        except AssertionError:
-            d.stop()
-            msg = "subpoold is not built with -Dalloc_fail=true"
-            if os.environ.get("CI"):
-                pytest.fail(msg + " (CI builds it so)")
-            pytest.skip(msg)
+    def scenario(d):
         with Conn(d, timeout=5) as w:
             assert w.ws_upgrade().status == 101
             # The batch in two fragments, the ping between them in the same write as the last:
@@ -264,18 +266,5 @@ def test_a_websocket_reply_that_cannot_be_copied_mid_batch_cuts_only_its_client(
             step(lambda: w.send(ws_frame(OP_TEXT, batch[:-1], fin=False)))
             step(lambda: w.send(ws_frame(OP_PING, b"hi") + ws_frame(OP_CONT, batch[-1:])))
             step(lambda: w.ws_message(timeout=5))
-        alive = d.proc.alive()
-        ok = alive and served(d)
-        code = d.stop() if alive else None
-        count = re.findall(r"alloc-fail: (\d+) allocations counted", d.log)
-        return alive, ok, code, int(count[-1]) if count else 0, d.log
 
-    alive, ok, code, total, log = run(0)
-    assert alive and ok and code == 0, harness.tail(log, 40)
-    assert total >= 2, f"only {total} large allocations: the reply was not copied"
-    problems = []
-    for n in range(1, total + 1):
-        alive, ok, code, _, log = run(n)
-        if not (alive and ok and code == 0):
-            problems.append(f"N={n}: alive={alive} served={ok} exit={code}\n{harness.tail(log, 30)}")
-    assert not problems, "\n\n".join(problems)
+    each_large_failure(daemon, node, 64 << 10, scenario, 2, max_batch=4000)
