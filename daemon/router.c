@@ -643,6 +643,16 @@ void router_submit(struct router *rt, struct session *s, struct batch *b, const 
                                                               r->key, cap, &at, &r->traits))) {
             free(r->key);
             r->key = NULL;
+        } else if (r->key) {
+            /* Charged to the client with the request (session.c): exactly its size. */
+            char *fit = realloc(r->key, r->key_len);
+            if (fit) {
+                r->key = fit;
+            } else {
+                free(r->key);
+                r->key = NULL;
+                r->key_len = 0;
+            }
         }
         r->latest = r->key && at == READ_LATEST;
     }

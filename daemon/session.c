@@ -448,7 +448,7 @@ void session_error(struct session *s, struct batch *b, const char *id, size_t id
 /* What an outstanding request holds: its record, its wire copy and the id kept aside. */
 static int64_t request_bytes(const struct request *r)
 {
-    return (int64_t)(sizeof(*r) + r->wire_len + r->orig_id_len);
+    return (int64_t)(sizeof(*r) + r->wire_len + r->orig_id_len + r->key_len);
 }
 
 void session_request_added(struct session *s, struct request *r)

@@ -725,3 +725,20 @@ def test_cutting_clients_that_share_bytes_never_cuts_bystanders(devnode, daemon)
     assert "holds 18446744" not in d.log, "the shedder's sum wrapped"
     for c in sharers + [reader, bystander]:
         c.close()
+
+
+def test_the_key_a_shared_read_is_known_by_is_charged_to_its_client(devnode, daemon):
+    """Review of coalescing: a pure read keeps a canonical copy of its params as its key,
+    as large as the request allows, and it was charged to nobody. It is charged with the
+    request, so a pending read of 2 MB of params holds about twice that."""
+    node = devnode(block_ms=0, latency_ms=2000)
+    d = daemon(node, pool_size=1, max_request="8M", shutdown_timeout="1s")
+    h = node.call("chain_getBlockHash", [0])
+    base = held(d)
+    data = "0x" + "ab" * (1 << 20)  # 2 MB of hex
+    c = Conn(d)
+    c.send(rpc("state_call", ["Api_call", data, h], 1) + b"\n")
+    d.wait_status(lambda s: s["in_flight"] == 1, "the read in flight")
+    grown = held(d) - base
+    assert grown > 2 * len(data), (grown, len(data))
+    c.close()
